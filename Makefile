@@ -1,0 +1,32 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+DISTS := agent collector[embedded] web plugins/csv plugins/freeswitch plugins/asterisk plugins/kamailio
+SOURCES := $(wildcard */pyproject.toml plugins/*/pyproject.toml) requirements-dev.txt
+
+.PHONY: demo test check lint bench clean
+
+$(STAMP): $(SOURCES)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed" or 0)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(DISTS))
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m cdrstats_collector.demo
+
+test: $(STAMP) lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy agent/cdrstats_agent collector/cdrstats_collector plugins/csv/cdrstats_csv
+
+bench: $(STAMP)
+	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) var

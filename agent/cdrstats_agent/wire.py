@@ -1,0 +1,504 @@
+"""The wire format between agent and collector, version 1 (specified in docs/protocol.md).
+
+Written once here; the collector imports it. Pure functions over bytes: no sockets, no clocks
+except where a caller passes `now`.
+
+Layers of a CDR batch:
+  envelope = msgpack {"v": 1, "type": "cdr_batch", "agent": id, "payload": bin, "sig": bin}
+  payload  = msgpack {"agent": id, "seq": int, "sent_at": µs, "body": bin}
+  body     = msgpack {"fields": [names], "cdrs": [[values in field order], ...]}
+`sig` is the agent's Ed25519 signature of the payload bytes. The body is built once, when the
+batch is formed in the spool, and is identical on every redelivery; the payload is re-signed at
+each send with a fresh `sent_at`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import struct
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import msgpack
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+
+from .model import CDR, CDR_FIELDS, Direction, Disposition
+
+PROTOCOL_VERSION = 1
+MAX_BODY_BYTES = 32 * 1024 * 1024
+"""Largest request body a collector accepts by default (413 above)."""
+CLOCK_WINDOW_S = 300
+"""How far an agent's `sent_at` may be from the collector's clock, either way."""
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class WireError(ValueError):
+    """A message that does not follow the protocol; the text says what and where."""
+
+
+# --- timestamps -----------------------------------------------------------------------------
+
+
+def to_us(value: datetime) -> int:
+    """Microseconds since the Unix epoch of an aware datetime."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_us(value: int) -> datetime:
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+# --- CDR rows ---------------------------------------------------------------------------------
+
+
+def cdr_to_row(cdr: CDR) -> list[Any]:
+    """A CDR as its wire row: values in `CDR_FIELDS` order, datetimes as µs, enums as str."""
+    return [
+        cdr.key,
+        to_us(cdr.start),
+        None if cdr.answer is None else to_us(cdr.answer),
+        None if cdr.end is None else to_us(cdr.end),
+        cdr.duration,
+        cdr.billsec,
+        str(cdr.disposition),
+        str(cdr.direction),
+        cdr.caller,
+        cdr.caller_name,
+        cdr.callee,
+        cdr.caller_e164,
+        cdr.callee_e164,
+        cdr.accountcode,
+        cdr.hangup_cause,
+        cdr.sip_code,
+        cdr.ring_time,
+        cdr.src_ip,
+        cdr.read_codec,
+        cdr.write_codec,
+        cdr.trunk,
+        cdr.user_agent,
+        cdr.call_group,
+        cdr.extra,
+    ]
+
+
+def pack_cdr(cdr: CDR) -> bytes:
+    """One CDR packed as a msgpack array, ready to be spliced into a batch body."""
+    packed: bytes = msgpack.packb(cdr_to_row(cdr), use_bin_type=True)
+    return packed
+
+
+_TS = {"start", "answer", "end"}
+_INT = {"duration", "billsec", "hangup_cause", "sip_code", "ring_time"}
+_STR = {"key", "caller", "caller_name", "callee", "accountcode"}
+_OPT_STR = {
+    "caller_e164",
+    "callee_e164",
+    "src_ip",
+    "read_codec",
+    "write_codec",
+    "trunk",
+    "user_agent",
+    "call_group",
+}
+_REQUIRED = {"key", "start"}
+_INT_LIMIT = 2**31 - 1
+
+
+def _check_value(name: str, value: Any) -> Any:
+    """Type check of one wire value; returns the value as the model wants it."""
+    if name in _TS:
+        if value is None and name != "start":
+            return None
+        if type(value) is not int or not (0 <= value < 2**53):
+            raise WireError(f"{name} must be an integer of microseconds since the epoch")
+        return value
+    if name in _INT:
+        if value is None and name not in ("duration", "billsec"):
+            return None
+        if type(value) is not int or not (0 <= value <= _INT_LIMIT):
+            raise WireError(f"{name} must be a non-negative integer, got {value!r:.40}")
+        return value
+    if name in _STR:
+        if type(value) is not str:
+            raise WireError(f"{name} must be a string, got {type(value).__name__}")
+        if name == "key" and not value:
+            raise WireError("key must not be empty")
+        return value
+    if name in _OPT_STR:
+        if value is not None and type(value) is not str:
+            raise WireError(f"{name} must be a string or nil, got {type(value).__name__}")
+        return value
+    if name == "disposition":
+        try:
+            return Disposition(value)
+        except ValueError:
+            raise WireError(
+                f"disposition {value!r:.40} is not one of {[d.value for d in Disposition]}"
+            ) from None
+    if name == "direction":
+        try:
+            return Direction(value)
+        except ValueError:
+            raise WireError(
+                f"direction {value!r:.40} is not one of {[d.value for d in Direction]}"
+            ) from None
+    if name == "extra":
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise WireError("extra must be a map with string keys")
+        return value
+    raise WireError(f"unknown field {name!r}")  # pragma: no cover - fields are checked first
+
+
+def check_rows(fields: Sequence[str], rows: Sequence[Any]) -> list[list[Any]]:
+    """Validate decoded wire rows and return them in `CDR_FIELDS` order.
+
+    Fields the sender omits take the model's defaults; unknown fields are an error (a newer
+    agent talking to an older collector must be told, not silently truncated).
+    """
+    unknown = [f for f in fields if f not in CDR_FIELDS]
+    if unknown:
+        raise WireError(f"unknown CDR fields {unknown}")
+    missing = _REQUIRED - set(fields)
+    if missing:
+        raise WireError(f"required CDR fields missing: {sorted(missing)}")
+    index = {name: i for i, name in enumerate(fields)}
+    defaults: dict[str, Any] = {
+        "duration": 0,
+        "billsec": 0,
+        "disposition": "FAILED",
+        "direction": "unknown",
+        "caller": "",
+        "caller_name": "",
+        "callee": "",
+        "accountcode": "",
+        "extra": {},
+    }
+    out: list[list[Any]] = []
+    for n, row in enumerate(rows):
+        if not isinstance(row, list) or len(row) != len(fields):
+            raise WireError(f"cdrs[{n}]: expected an array of {len(fields)} values")
+        checked: list[Any] = []
+        for name in CDR_FIELDS:
+            i = index.get(name)
+            value = row[i] if i is not None else defaults.get(name)
+            try:
+                checked.append(_check_value(name, value))
+            except WireError as exc:
+                raise WireError(f"cdrs[{n}]: {exc}") from None
+        out.append(checked)
+    return out
+
+
+def row_to_cdr(row: Sequence[Any]) -> CDR:
+    """A checked wire row (as returned by `check_rows`) back into a CDR."""
+    values = dict(zip(CDR_FIELDS, row, strict=True))
+    for name in _TS:
+        if values[name] is not None:
+            values[name] = from_us(values[name])
+    return CDR(**values)
+
+
+# --- batch body -----------------------------------------------------------------------------
+
+
+def _array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes([0x90 | n])
+    if n < 2**16:
+        return b"\xdc" + struct.pack(">H", n)
+    return b"\xdd" + struct.pack(">I", n)
+
+
+_FIELDS_PREFIX: bytes = b"".join(
+    [b"\x82", msgpack.packb("fields"), msgpack.packb(list(CDR_FIELDS)), msgpack.packb("cdrs")]
+)
+
+
+def build_body(packed_rows: Sequence[bytes]) -> bytes:
+    """A batch body from CDRs already packed with `pack_cdr` (no re-encoding)."""
+    return _FIELDS_PREFIX + _array_header(len(packed_rows)) + b"".join(packed_rows)
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    fields: list[str]
+    rows: list[Any]
+
+
+def parse_body(body: bytes) -> Body:
+    try:
+        doc = msgpack.unpackb(body, raw=False, strict_map_key=True)
+    except Exception as exc:
+        raise WireError(f"batch body is not valid msgpack: {exc}") from None
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("fields"), list)
+        or not isinstance(doc.get("cdrs"), list)
+    ):
+        raise WireError("batch body must be a map with 'fields' and 'cdrs' arrays")
+    fields = doc["fields"]
+    if not all(isinstance(f, str) for f in fields) or len(set(fields)) != len(fields):
+        raise WireError("batch body 'fields' must be distinct strings")
+    return Body(fields=fields, rows=doc["cdrs"])
+
+
+def body_digest(body: bytes) -> bytes:
+    """The identity of a batch's content, used to recognise a redelivery."""
+    return hashlib.sha256(body).digest()
+
+
+# --- keys -------------------------------------------------------------------------------------
+
+
+def key_to_text(key: SigningKey | VerifyKey) -> str:
+    return base64.b64encode(bytes(key)).decode("ascii")
+
+
+def verify_key_from_text(text: str) -> VerifyKey:
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except ValueError:
+        raise WireError("public key is not valid base64") from None
+    if len(raw) != 32:
+        raise WireError("public key must be 32 bytes (Ed25519)")
+    return VerifyKey(raw)
+
+
+def signing_key_from_text(text: str) -> SigningKey:
+    raw = base64.b64decode(text.strip(), validate=True)
+    if len(raw) != 32:
+        raise WireError("private key must be a 32-byte Ed25519 seed")
+    return SigningKey(raw)
+
+
+# --- signed envelopes -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An envelope whose shape is checked but whose signature is not yet verified."""
+
+    type: str
+    signer: str
+    payload: bytes
+    sig: bytes
+
+    def open(self, key: VerifyKey) -> dict[str, Any]:
+        """Verify the signature and return the decoded payload map."""
+        try:
+            key.verify(self.payload, self.sig)
+        except BadSignatureError:
+            raise WireError("bad signature") from None
+        try:
+            payload = msgpack.unpackb(self.payload, raw=False)
+        except Exception as exc:
+            raise WireError(f"payload is not valid msgpack: {exc}") from None
+        if not isinstance(payload, dict):
+            raise WireError("payload must be a map")
+        return payload
+
+
+def seal(type_: str, signer: str, payload: dict[str, Any], key: SigningKey) -> bytes:
+    """Pack and sign a payload as an envelope of `type_` from `signer`."""
+    packed = msgpack.packb(payload, use_bin_type=True)
+    sig = key.sign(packed).signature
+    envelope: bytes = msgpack.packb(
+        {"v": PROTOCOL_VERSION, "type": type_, "agent": signer, "payload": packed, "sig": sig},
+        use_bin_type=True,
+    )
+    return envelope
+
+
+def unseal(data: bytes, expected_type: str) -> Envelope:
+    """Check an envelope's shape (no signature check yet: that needs the signer's key)."""
+    try:
+        doc = msgpack.unpackb(data, raw=False, max_bin_len=MAX_BODY_BYTES)
+    except Exception as exc:
+        raise WireError(f"envelope is not valid msgpack: {exc}") from None
+    if not isinstance(doc, dict):
+        raise WireError("envelope must be a msgpack map")
+    if doc.get("v") != PROTOCOL_VERSION:
+        raise WireError(
+            f"unsupported protocol version {doc.get('v')!r}, this side speaks {PROTOCOL_VERSION}"
+        )
+    if doc.get("type") != expected_type:
+        raise WireError(f"envelope type must be {expected_type!r}, got {doc.get('type')!r}")
+    signer, payload, sig = doc.get("agent"), doc.get("payload"), doc.get("sig")
+    if not isinstance(signer, str) or not signer:
+        raise WireError("envelope 'agent' must be a non-empty string")
+    if not isinstance(payload, bytes) or not isinstance(sig, bytes) or len(sig) != 64:
+        raise WireError("envelope needs binary 'payload' and a 64-byte 'sig'")
+    return Envelope(type=expected_type, signer=signer, payload=payload, sig=sig)
+
+
+# --- CDR batches --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    agent: str
+    seq: int
+    sent_at: int
+    body: bytes
+
+
+def seal_batch(
+    agent: str, seq: int, body: bytes, key: SigningKey, sent_at: int | None = None
+) -> bytes:
+    payload = {
+        "agent": agent,
+        "seq": seq,
+        "sent_at": now_us() if sent_at is None else sent_at,
+        "body": body,
+    }
+    return seal("cdr_batch", agent, payload, key)
+
+
+def open_batch(envelope: Envelope, key: VerifyKey) -> Batch:
+    payload = envelope.open(key)
+    agent, seq, sent_at, body = (payload.get(k) for k in ("agent", "seq", "sent_at", "body"))
+    if agent != envelope.signer:
+        raise WireError("payload agent differs from envelope agent")
+    if type(seq) is not int or seq < 1:
+        raise WireError("seq must be a positive integer")
+    if type(sent_at) is not int:
+        raise WireError("sent_at must be an integer of microseconds")
+    if not isinstance(body, bytes):
+        raise WireError("body must be binary")
+    return Batch(agent=agent, seq=seq, sent_at=sent_at, body=body)
+
+
+@dataclass(slots=True)
+class Ack:
+    """The collector's answer to a batch; the same bytes are returned for a redelivery."""
+
+    seq: int
+    accepted: int
+    duplicates: int
+    redelivery: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "redelivery": self.redelivery,
+        }
+
+
+# --- commands (collector → agent; executed from a later release) ------------------------------
+
+COMMAND_VERBS = ("block_ip", "unblock_ip")
+"""Verbs the agent may run. Plugins can declare more; anything else is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    id: str
+    seq: int
+    agent: str
+    verb: str
+    args: dict[str, Any] = field(default_factory=dict)
+    issued_at: int = 0
+    expires_at: int = 0
+
+
+COLLECTOR_SIGNER = "collector"
+
+
+def seal_command(cmd: Command, key: SigningKey) -> bytes:
+    payload = {
+        "id": cmd.id,
+        "seq": cmd.seq,
+        "agent": cmd.agent,
+        "verb": cmd.verb,
+        "args": cmd.args,
+        "issued_at": cmd.issued_at,
+        "expires_at": cmd.expires_at,
+    }
+    return seal("command", COLLECTOR_SIGNER, payload, key)
+
+
+def open_command(data: bytes, key: VerifyKey, *, agent: str, last_seq: int, now: int) -> Command:
+    """Verify a command for this agent: signature, target, expiry and sequence."""
+    envelope = unseal(data, "command")
+    payload = envelope.open(key)
+    try:
+        cmd = Command(**payload)
+    except TypeError as exc:
+        raise WireError(f"malformed command: {exc}") from None
+    if cmd.agent != agent:
+        raise WireError(f"command {cmd.id} is for agent {cmd.agent!r}, not this one")
+    if cmd.expires_at <= now:
+        raise WireError(f"command {cmd.id} expired")
+    if cmd.seq <= last_seq:
+        raise WireError(f"command {cmd.id} replayed (seq {cmd.seq} <= {last_seq})")
+    return cmd
+
+
+# --- signed requests (agent → collector, for calls without a signed body) ---------------------
+
+
+def sign_request(
+    key: SigningKey, agent: str, method: str, path: str, ts: int, body: bytes = b""
+) -> str:
+    """Value of the `Authorization` header: `CDRStats agent=<id>,ts=<µs>,sig=<base64>`."""
+    message = _request_message(agent, method, path, ts, body)
+    sig = base64.b64encode(key.sign(message).signature).decode("ascii")
+    return f"CDRStats agent={agent},ts={ts},sig={sig}"
+
+
+def _request_message(agent: str, method: str, path: str, ts: int, body: bytes) -> bytes:
+    return "\n".join(
+        [agent, method.upper(), path, str(ts), hashlib.sha256(body).hexdigest()]
+    ).encode()
+
+
+def parse_authorization(header: str) -> tuple[str, int, bytes]:
+    scheme, _, rest = header.partition(" ")
+    if scheme != "CDRStats":
+        raise WireError("Authorization scheme must be CDRStats")
+    parts = dict(p.split("=", 1) for p in rest.split(",") if "=" in p)
+    try:
+        return parts["agent"], int(parts["ts"]), base64.b64decode(parts["sig"], validate=True)
+    except (KeyError, ValueError):
+        raise WireError("Authorization needs agent, ts and base64 sig") from None
+
+
+def verify_request(
+    key: VerifyKey, header: str, method: str, path: str, body: bytes, now: int
+) -> str:
+    """Check a signed request; returns the agent id."""
+    agent, ts, sig = parse_authorization(header)
+    if abs(now - ts) > CLOCK_WINDOW_S * 1_000_000:
+        raise WireError("request timestamp outside the clock window")
+    try:
+        key.verify(_request_message(agent, method, path, ts, body), sig)
+    except BadSignatureError:
+        raise WireError("bad signature") from None
+    return agent
+
+
+def iter_chunks(
+    items: Sequence[bytes], max_count: int, max_bytes: int
+) -> Iterable[Sequence[bytes]]:
+    """Split packed rows into runs bounded by count and bytes (at least one row each)."""
+    start, size = 0, 0
+    for i, item in enumerate(items):
+        if i > start and (i - start >= max_count or size + len(item) > max_bytes):
+            yield items[start:i]
+            start, size = i, 0
+        size += len(item)
+    if start < len(items):
+        yield items[start:]

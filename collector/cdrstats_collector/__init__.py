@@ -1,0 +1,1 @@
+"""CDR-Stats collector: ingest API, PostgreSQL store, admin CLI."""

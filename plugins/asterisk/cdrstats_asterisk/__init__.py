@@ -1,0 +1,1 @@
+"""CDR-Stats asterisk plugin: not written yet (see its issue)."""

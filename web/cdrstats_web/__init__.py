@@ -1,0 +1,1 @@
+"""CDR-Stats web console: mounted by the collector (see issue on the console)."""
