@@ -22,9 +22,14 @@ class ConfigError(Exception):
 
     def __str__(self) -> str:
         where = f"{self.file}: " if self.file else ""
+        key = f"{self.key}: " if self.key else ""
         hint = f" ({self.hint})" if self.hint else ""
-        return f"{where}{self.key}: {self.problem}{hint}"
+        return f"{where}{key}{self.problem}{hint}"
 
 
 class SourceError(Exception):
     """A source cannot read its switch's store (permission, connection, format)."""
+
+
+class IdentityError(Exception):
+    """The agent's identity (key pair, enrollment) is missing, unreadable or refused."""

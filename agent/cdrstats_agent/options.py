@@ -76,6 +76,17 @@ class Options:
     def table(self, key: str, default: Any = _MISSING) -> Any:
         return self._get(key, default, dict, "a table")
 
+    def table_list(self, key: str, default: Any = _MISSING) -> Any:
+        """An array of tables (`[[key]]`)."""
+        value = self._get(key, default, list, "an array of tables ([[" + key + "]])")
+        if value is not None:
+            for i, item in enumerate(value):
+                if not isinstance(item, dict):
+                    raise ConfigError(
+                        f"{self._key(key)}[{i}]", f"must be a table, got {type(item).__name__}"
+                    )
+        return value
+
     def timezone(self, key: str, default: Any = _MISSING) -> Any:
         name = self.text(key, default)
         if name is None:

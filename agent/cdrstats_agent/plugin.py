@@ -98,16 +98,39 @@ class Plugin(Protocol):
 
 
 def discover() -> dict[str, Plugin]:
-    """Installed plugins by name, from the `cdrstats.plugins` entry points."""
-    found: dict[str, Plugin] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        obj = ep.load()
-        found[ep.name] = obj() if isinstance(obj, type) else obj
+    """Installed plugins by name, from the `cdrstats.plugins` entry points.
+
+    A plugin whose entry point fails to import is left out (see `broken_plugins()` for why), so
+    that one broken third-party plugin does not stop the agent from using the others.
+    """
+    found, _ = _scan()
     return found
 
 
+def broken_plugins() -> dict[str, str]:
+    """Plugins whose entry point is registered but fails to load, with the reason."""
+    _, broken = _scan()
+    return broken
+
+
+def _scan() -> tuple[dict[str, Plugin], dict[str, str]]:
+    found: dict[str, Plugin] = {}
+    broken: dict[str, str] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            obj = ep.load()
+            found[ep.name] = obj() if isinstance(obj, type) else obj
+        except Exception as exc:
+            broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}"
+    return found, broken
+
+
 def load(name: str) -> Plugin:
-    plugins = discover()
+    plugins, broken = _scan()
+    if name in broken:
+        raise ConfigError(
+            "plugin", f"plugin {name!r} is installed but fails to load ({broken[name]})"
+        )
     if name not in plugins:
         known = ", ".join(sorted(plugins)) or "none installed"
         raise ConfigError("plugin", f"no plugin named {name!r} (installed: {known})")

@@ -225,9 +225,55 @@ _FIELDS_PREFIX: bytes = b"".join(
 )
 
 
-def build_body(packed_rows: Sequence[bytes]) -> bytes:
-    """A batch body from CDRs already packed with `pack_cdr` (no re-encoding)."""
-    return _FIELDS_PREFIX + _array_header(len(packed_rows)) + b"".join(packed_rows)
+def build_body(packed_rows: Sequence[bytes], count: int | None = None) -> bytes:
+    """A batch body from CDRs already packed with `pack_cdr` (no re-encoding).
+
+    Each item is one packed CDR, or, when `count` is given, a run of several packed CDRs
+    concatenated (as `pack_cdrs` returns them); `count` is then the number of CDRs in all.
+    """
+    n = len(packed_rows) if count is None else count
+    return _FIELDS_PREFIX + _array_header(n) + b"".join(packed_rows)
+
+
+def pack_cdrs(cdrs: Iterable[CDR]) -> bytes:
+    """Several CDRs packed and concatenated: the same bytes as joining `pack_cdr` of each."""
+    return b"".join([pack_cdr(cdr) for cdr in cdrs])
+
+
+def split_rows(packed: bytes, count: int) -> tuple[bytes, bytes]:
+    """Split concatenated packed CDRs after the first `count` of them (no re-encoding)."""
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(packed)
+    try:
+        for _ in range(count):
+            unpacker.skip()
+    except msgpack.OutOfData:
+        raise WireError(f"packed rows hold fewer than {count} CDRs") from None
+    offset = unpacker.tell()
+    return packed[:offset], packed[offset:]
+
+
+def body_rows(body: bytes) -> tuple[int, bytes]:
+    """The number of CDRs in a body built by `build_body`, and their packed bytes."""
+    if not body.startswith(_FIELDS_PREFIX):
+        raise WireError("batch body does not start with the v1 field list")
+    rest = body[len(_FIELDS_PREFIX) :]
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(rest[:5])
+    try:
+        count = unpacker.read_array_header()
+    except (msgpack.OutOfData, msgpack.UnpackValueError, ValueError):
+        raise WireError("batch body has no 'cdrs' array") from None
+    return count, rest[len(_array_header(count)) :]
+
+
+def split_body(body: bytes) -> tuple[bytes, bytes]:
+    """Split a body built by `build_body` into two bodies of about half the CDRs each."""
+    count, rows = body_rows(body)
+    if count < 2:
+        raise WireError("a batch of fewer than two CDRs cannot be split")
+    first, second = split_rows(rows, count // 2)
+    return build_body([first], count // 2), build_body([second], count - count // 2)
 
 
 @dataclass(frozen=True, slots=True)
