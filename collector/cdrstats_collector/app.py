@@ -1,0 +1,109 @@
+"""The collector's ASGI application.
+
+    app = create_app(settings)      # then: uvicorn.run(app, ...)
+
+The lifespan opens the PostgreSQL pool and the per-process caches (kept in
+`app.state.collector`, see `state.py`) and runs maintenance in the background.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+from cdrstats_agent import logs
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import maintenance, metrics, replies
+from .agents import AgentDirectory
+from .enroll import enroll_endpoint, status_endpoint
+from .ingest import ingest_endpoint
+from .settings import Settings
+from .state import CollectorState, get_state
+from .store import Ingestor
+
+log = logs.get_logger("cdrstats.collector.app")
+
+
+async def healthz(request: Request) -> Response:
+    state = get_state(request)
+    try:
+        async with state.pool.connection(timeout=min(2.0, state.settings.pool_timeout)) as conn:
+            await conn.execute("SELECT 1")
+    except (psycopg.OperationalError, PoolTimeout):
+        return replies.unavailable("PostgreSQL is unreachable")
+    return JSONResponse({"status": "ok"})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    return Response(get_state(request).metrics.render(), media_type=metrics.CONTENT_TYPE)
+
+
+async def _maintain(state: CollectorState) -> None:
+    settings = state.settings
+    while True:
+        try:
+            async with state.pool.connection() as conn:
+                report = await maintenance.run(
+                    conn,
+                    months_ahead=settings.months_ahead,
+                    batch_keep_days=settings.batch_keep_days,
+                    cache=state.ingestor.partitions,
+                )
+            log.info("maintenance_done", batches_pruned=report.batches_pruned)
+            delay = settings.maintenance_interval_s
+        except (psycopg.Error, PoolTimeout) as exc:
+            log.warning("maintenance_failed", reason=str(exc).strip().splitlines()[0] or exc)
+            delay = min(60.0, settings.maintenance_interval_s)
+        await asyncio.sleep(delay)
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The collector app for `settings`; nothing connects before the lifespan starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
+            settings.database_url,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            timeout=settings.pool_timeout,
+            open=False,
+            name="cdrstats-collector",
+            kwargs={"application_name": "cdrstats-collector", "connect_timeout": 5},
+            check=AsyncConnectionPool.check_connection,
+        )
+        # Do not wait for PostgreSQL: the collector answers 503 until it is reachable.
+        await pool.open(wait=False)
+        state = CollectorState(settings, pool, Ingestor(), AgentDirectory(), metrics.Metrics())
+        app.state.collector = state
+        task = asyncio.create_task(_maintain(state), name="cdrstats-maintenance")
+        log.info("collector_started", url=settings.url)
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await pool.close()
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.error("request_failed", path=request.url.path, exc_info=True)
+        return replies.error(500, "internal error (logged by the collector)")
+
+    routes = [
+        Route("/api/v1/ingest", ingest_endpoint, methods=["POST"]),
+        Route("/api/v1/enroll", enroll_endpoint, methods=["POST"]),
+        Route("/api/v1/agent/status", status_endpoint, methods=["GET"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+        # The web console (cdrstats_web) will be mounted here, e.g. Mount("/", web_app).
+    ]
+    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})

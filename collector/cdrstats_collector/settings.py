@@ -1,0 +1,140 @@
+"""Collector settings: database URL, listen address, limits.
+
+The database URL comes from, in order: `--database-url`, the environment variable
+`CDRSTATS_DATABASE_URL`, the config file (`[database] url` in
+`/etc/cdrstats/collector.toml`, or the file given with `--config` / `CDRSTATS_CONFIG`).
+
+    [database]
+    url = "postgresql://cdrstats@db.example.net/cdrstats"
+    pool_max = 8              # connections per collector process
+    pool_timeout = 5.0        # seconds a request waits for a connection before a 503
+
+    [server]
+    host = "127.0.0.1"
+    port = 8080
+    public_url = "https://cdr.example.net"   # printed in enrollment commands
+    max_body_bytes = 33554432
+    clock_window_s = 300
+
+    [maintenance]
+    batch_keep_days = 30      # ingest_batch rows (redelivery memory) kept this long
+    months_ahead = 2          # cdr partitions created ahead of the current month
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from cdrstats_agent import wire
+from cdrstats_agent.errors import ConfigError
+from cdrstats_agent.options import Options
+
+DEFAULT_CONFIG = Path("/etc/cdrstats/collector.toml")
+ENV_URL = "CDRSTATS_DATABASE_URL"
+ENV_CONFIG = "CDRSTATS_CONFIG"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str
+    host: str = "127.0.0.1"
+    port: int = 8080
+    public_url: str | None = None
+    max_body_bytes: int = wire.MAX_BODY_BYTES
+    clock_window_s: int = wire.CLOCK_WINDOW_S
+    pool_min: int = 1
+    pool_max: int = 8
+    pool_timeout: float = 5.0
+    batch_keep_days: int = 30
+    months_ahead: int = 2
+    maintenance_interval_s: float = 3600.0
+
+    @property
+    def url(self) -> str:
+        """The collector's URL as agents should use it."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced (None values are ignored)."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("(file)", f"is not valid TOML: {exc}", file=str(path)) from None
+    except OSError as exc:
+        raise ConfigError("(file)", f"cannot be read: {exc.strerror}", file=str(path)) from None
+
+
+def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
+    top = Options(doc)
+    db = Options(top.table("database", {}), "database")
+    server = Options(top.table("server", {}), "server")
+    maint = Options(top.table("maintenance", {}), "maintenance")
+    top.finish()
+    file_url = db.text("url", None)
+    defaults = Settings(database_url="")
+    values: dict[str, Any] = {
+        "pool_max": db.integer("pool_max", defaults.pool_max, minimum=1),
+        "pool_timeout": db.number("pool_timeout", defaults.pool_timeout, minimum=0.1),
+        "host": server.text("host", defaults.host),
+        "port": server.integer("port", defaults.port, minimum=1),
+        "public_url": server.text("public_url", None),
+        "max_body_bytes": server.integer("max_body_bytes", defaults.max_body_bytes, minimum=1024),
+        "clock_window_s": server.integer("clock_window_s", defaults.clock_window_s, minimum=1),
+        "batch_keep_days": maint.integer("batch_keep_days", defaults.batch_keep_days, minimum=1),
+        "months_ahead": maint.integer("months_ahead", defaults.months_ahead, minimum=0),
+    }
+    for opts in (db, server, maint):
+        opts.finish()
+    if values["port"] > 65535:
+        raise ConfigError("server.port", f"must be at most 65535, got {values['port']}")
+    chosen = url or file_url
+    if not chosen:
+        raise ConfigError(
+            "database.url",
+            "is required and missing",
+            hint=f"pass --database-url, set {ENV_URL}, or set url under [database]",
+        )
+    return Settings(database_url=chosen, **values)
+
+
+def load(
+    database_url: str | None = None,
+    config_path: Path | str | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Settings from the command line, the environment and the config file.
+
+    The config file is optional when a URL is given; when one is named explicitly it must
+    exist. Raises `ConfigError` naming the key and the file.
+    """
+    env = os.environ if env is None else env
+    url = database_url or env.get(ENV_URL) or None
+    explicit = config_path or env.get(ENV_CONFIG) or None
+    path = Path(explicit) if explicit else DEFAULT_CONFIG
+    if explicit or path.exists():
+        doc = _read_file(path)
+        try:
+            return _from_table(doc, url)
+        except ConfigError as exc:
+            raise exc.in_file(str(path)) from None
+    if not url:
+        raise ConfigError(
+            "database.url",
+            "no database URL given",
+            file=str(path),
+            hint=f"pass --database-url, set {ENV_URL}, or create {path} with [database] url",
+        )
+    return Settings(database_url=url)

@@ -1,0 +1,404 @@
+"""The ingest transaction: a checked batch of CDRs into PostgreSQL, exactly once.
+
+Pure data layer (no HTTP). For one batch of one agent, in ONE transaction:
+
+1. lock the agent row (`FOR NO KEY UPDATE`) and look up `(agent, seq)` in `ingest_batch`:
+   unknown/revoked agent, redelivery (same body digest: the stored ack is returned) and
+   replays (409) are decided here, under the lock;
+2. load the rows with a binary COPY straight into `cdr`, inside a savepoint. If a row is
+   already there (unique_violation on the natural key), roll back to the savepoint and load
+   through the per-connection staging table with `INSERT ... ON CONFLICT DO NOTHING`,
+   counting inserted rows and duplicates. The common case (no duplicate) costs one COPY;
+3. record the batch with its ack, advance the agent's `last_seq`, and
+   `NOTIFY cdr_ingest` once (delivered at commit).
+
+Partitions for the months the batch touches are created before, in a short transaction of
+their own (see `partitions.ensure`). Rows are converted once, cheaply: timestamps go to the
+server as the binary form of their µs value, `src_ip` is validated with `ipaddress` and sent
+in binary, `extra` is encoded to JSON once (see docs/decisions/0001-ingest-copy-and-dedup.md).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from cdrstats_agent import wire
+from cdrstats_agent.model import CDR_FIELDS
+from psycopg import errors as pgerrors
+from psycopg.adapt import Dumper
+from psycopg.postgres import types as _builtin_types
+from psycopg.pq import Format
+from psycopg.types.json import Jsonb
+
+from . import partitions
+
+MIN_START_US = 946_684_800_000_000
+"""Calls that start before 2000-01-01 UTC are refused: a zero or garbage clock, not a call."""
+MAX_FUTURE_US = 86_400 * 1_000_000
+"""Calls may start at most this far after the collector's clock (a switch clock ahead)."""
+
+NOTIFY_CHANNEL = "cdr_ingest"
+
+_RENAMED = {"start": "start_time", "answer": "answer_time", "end": "end_time"}
+CDR_COLUMNS: tuple[str, ...] = tuple(_RENAMED.get(f, f) for f in CDR_FIELDS)
+"""`cdr` columns in wire field order (what `wire.check_rows` returns)."""
+COPY_COLUMNS: tuple[str, ...] = (*CDR_COLUMNS, "tenant_id", "switch_id", "agent_id")
+_FIELD_OF_COLUMN = {col: field for field, col in zip(CDR_FIELDS, CDR_COLUMNS, strict=True)}
+
+_TYPES = {
+    "key": "text",
+    "start_time": "timestamptz",
+    "answer_time": "timestamptz",
+    "end_time": "timestamptz",
+    "duration": "int4",
+    "billsec": "int4",
+    "hangup_cause": "int4",
+    "sip_code": "int4",
+    "ring_time": "int4",
+    "src_ip": "inet",
+    "extra": "jsonb",
+    "tenant_id": "int8",
+    "switch_id": "int8",
+    "agent_id": "uuid",
+}
+COPY_TYPES: tuple[str, ...] = tuple(_TYPES.get(c, "text") for c in COPY_COLUMNS)
+
+_I_START = CDR_FIELDS.index("start")
+_I_SRC_IP = CDR_FIELDS.index("src_ip")
+_I_EXTRA = CDR_FIELDS.index("extra")
+
+_COLS = ", ".join(COPY_COLUMNS)
+_COPY_CDR = f"COPY cdr ({_COLS}) FROM STDIN (FORMAT BINARY)".encode()
+_COPY_STAGING = f"COPY cdr_staging ({_COLS}) FROM STDIN (FORMAT BINARY)".encode()
+_CREATE_STAGING = (
+    b"CREATE TEMP TABLE IF NOT EXISTS cdr_staging"
+    b" (LIKE cdr INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+_MERGE_STAGING = (
+    f"INSERT INTO cdr ({_COLS}) SELECT {_COLS} FROM cdr_staging ON CONFLICT DO NOTHING"
+).encode()
+
+_LOCK_AGENT = (
+    b"SELECT a.revoked_at IS NOT NULL, a.last_seq, b.body_sha256, b.ack"
+    b" FROM agent a LEFT JOIN ingest_batch b ON b.agent_id = a.id AND b.seq = %(seq)s"
+    b" WHERE a.id = %(agent)s"
+)
+_FINISH = (
+    b"WITH b AS (INSERT INTO ingest_batch (agent_id, seq, body_sha256, ack)"
+    b"           VALUES (%(agent)s, %(seq)s, %(digest)s, %(ack)s)),"
+    b"     a AS (UPDATE agent SET last_seq = %(seq)s, last_seen_at = now()"
+    b"           WHERE id = %(agent)s)"
+    b" SELECT CASE WHEN %(notify)s::text IS NULL THEN NULL"
+    b"             ELSE pg_notify('" + NOTIFY_CHANNEL.encode() + b"', %(notify)s) END"
+)
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AgentRef:
+    """An enrolled agent as the store needs it (from the agent row, never from the client)."""
+
+    id: UUID
+    tenant_id: int
+    switch_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    ack: wire.Ack
+
+
+@dataclass(frozen=True, slots=True)
+class Redelivery:
+    ack: wire.Ack
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    last_seq: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Unknown or revoked agent."""
+
+    reason: str
+
+
+Outcome = Stored | Redelivery | Conflict | Refused
+
+
+class BadRows(wire.WireError):
+    """A CDR that cannot be stored; the text names `cdrs[i]` and the field. Nothing stored."""
+
+
+class StoreUnavailable(Exception):
+    """A transient condition: the caller should answer 503 and the agent retry."""
+
+
+# --- binary COPY encoding -------------------------------------------------------------------
+
+_PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 UTC in Unix µs: PostgreSQL's timestamp zero
+_pack_q = struct.Struct(">q").pack
+
+
+class _MicrosTimestamptz(Dumper):
+    """int µs since the Unix epoch → binary timestamptz (µs since 2000-01-01)."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return _pack_q(obj - _PG_EPOCH_US)
+
+
+class _PreEncoded(Dumper):
+    """A value already in PostgreSQL's binary format."""
+
+    format = Format.BINARY
+
+    def dump(self, obj: Any) -> bytes:
+        return obj  # type: ignore[no-any-return]
+
+
+def _dumper(base: type[Dumper], type_name: str) -> type[Dumper]:
+    return type(f"{base.__name__}_{type_name}", (base,), {"oid": _builtin_types[type_name].oid})
+
+
+_DUMPERS = (
+    _dumper(_MicrosTimestamptz, "timestamptz"),
+    _dumper(_PreEncoded, "inet"),
+    _dumper(_PreEncoded, "jsonb"),
+    _dumper(_PreEncoded, "uuid"),
+)
+
+
+def _copy_cursor(conn: psycopg.AsyncConnection[Any]) -> psycopg.AsyncCursor[Any]:
+    cur = conn.cursor()
+    for dumper in _DUMPERS:
+        cur.adapters.register_dumper(None, dumper)
+    return cur
+
+
+def encode_inet(text: str) -> bytes:
+    """Binary inet of an address string; raises ValueError when it is not an IP address."""
+    addr = ipaddress.ip_address(text)
+    packed = addr.packed
+    if addr.version == 4:
+        return b"\x02\x20\x00\x04" + packed
+    return b"\x03\x80\x00\x10" + packed
+
+
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+@dataclass(slots=True)
+class Prepared:
+    """Rows ready for COPY (`COPY_COLUMNS` order) and what the batch touches."""
+
+    rows: list[list[Any]]
+    months: set[date]
+    newest_start_us: int
+
+
+class Ingestor:
+    """Stores batches; holds the per-process caches (known partitions, encoded addresses)."""
+
+    def __init__(self, cache: partitions.PartitionCache | None = None) -> None:
+        self.partitions = cache or partitions.PartitionCache()
+        self._inet: dict[str, bytes] = {}
+
+    # -- CPU part, before any transaction -------------------------------------------------
+
+    def prepare(self, agent: AgentRef, rows: list[list[Any]], now_us: int) -> Prepared:
+        """Turn `wire.check_rows` output into COPY rows (in place: `rows` is consumed).
+
+        Raises `BadRows` naming the CDR index and field.
+        """
+        starts = [row[_I_START] for row in rows]
+        newest = max(starts, default=0)
+        if rows and (min(starts) < MIN_START_US or newest > now_us + MAX_FUTURE_US):
+            for i, start in enumerate(starts):
+                if start < MIN_START_US:
+                    raise BadRows(f"cdrs[{i}]: start {wire.from_us(start)} is before 2000")
+                if start > now_us + MAX_FUTURE_US:
+                    raise BadRows(
+                        f"cdrs[{i}]: start {wire.from_us(start)} is more than a day ahead of"
+                        " the collector's clock"
+                    )
+        if len(self._inet) > 50_000:
+            self._inet.clear()
+        inet = self._inet
+        tail = (agent.tenant_id, agent.switch_id, agent.id.bytes)
+        for i, row in enumerate(rows):
+            ip = row[_I_SRC_IP]
+            if ip is not None:
+                encoded = inet.get(ip)
+                if encoded is None:
+                    try:
+                        encoded = inet[ip] = encode_inet(ip)
+                    except ValueError:
+                        raise BadRows(
+                            f"cdrs[{i}]: src_ip {ip!r:.60} is not an IP address"
+                        ) from None
+                row[_I_SRC_IP] = encoded
+            try:
+                row[_I_EXTRA] = b"\x01" + _json_encode(row[_I_EXTRA]).encode()
+            except (TypeError, ValueError, RecursionError) as exc:
+                raise BadRows(f"cdrs[{i}]: extra cannot be stored as JSON: {exc}") from None
+            row.extend(tail)
+        return Prepared(rows, partitions.months_of(starts), newest)
+
+    # -- the transaction --------------------------------------------------------------------
+
+    async def ingest(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        agent: AgentRef,
+        seq: int,
+        digest: bytes,
+        rows: list[list[Any]],
+        now_us: int | None = None,
+    ) -> Outcome:
+        """Store one batch of checked rows (`wire.check_rows` output; consumed).
+
+        Raises `BadRows` (nothing stored), `StoreUnavailable` or psycopg's
+        `OperationalError` (transient: retry later).
+        """
+        prepared = self.prepare(agent, rows, wire.now_us() if now_us is None else now_us)
+        return await self.store(conn, agent, seq, digest, prepared)
+
+    async def store(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        agent: AgentRef,
+        seq: int,
+        digest: bytes,
+        prepared: Prepared,
+    ) -> Outcome:
+        """The transaction for rows already prepared with `prepare`."""
+        await partitions.ensure(conn, prepared.months, self.partitions)
+        async with conn.transaction():
+            cur = await conn.execute(
+                _LOCK_AGENT + b" FOR NO KEY UPDATE OF a", {"agent": agent.id, "seq": seq}
+            )
+            decided = _decide(await cur.fetchone(), seq, digest)
+            if decided is not None:
+                return decided
+            accepted = await self._load(conn, prepared.rows)
+            ack = wire.Ack(seq=seq, accepted=accepted, duplicates=len(prepared.rows) - accepted)
+            notify = None
+            if accepted:
+                notify = json.dumps(
+                    {
+                        "tenant_id": agent.tenant_id,
+                        "switch_id": agent.switch_id,
+                        "agent_id": str(agent.id),
+                        "accepted": accepted,
+                    }
+                )
+            await conn.execute(
+                _FINISH,
+                {
+                    "agent": agent.id,
+                    "seq": seq,
+                    "digest": digest,
+                    "ack": Jsonb(ack.to_json()),
+                    "notify": notify,
+                },
+            )
+        return Stored(ack)
+
+    async def _load(self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]) -> int:
+        """COPY the rows; returns how many were new."""
+        if not rows:
+            return 0
+        try:
+            async with conn.transaction():
+                await self._copy(conn, _COPY_CDR, rows)
+            return len(rows)
+        except pgerrors.UniqueViolation:
+            pass  # some rows are already stored: dedup through the staging table
+        await conn.execute(_CREATE_STAGING)
+        await self._copy(conn, _COPY_STAGING, rows)
+        cur = await conn.execute(_MERGE_STAGING)
+        return max(cur.rowcount, 0)
+
+    async def _copy(
+        self, conn: psycopg.AsyncConnection[Any], statement: bytes, rows: Sequence[list[Any]]
+    ) -> None:
+        try:
+            async with _copy_cursor(conn) as cur, cur.copy(statement) as copy:
+                copy.set_types(COPY_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
+        except pgerrors.UniqueViolation:
+            raise
+        except pgerrors.CheckViolation as exc:
+            if "no partition" in (exc.diag.message_primary or ""):
+                self.partitions.clear()
+                raise StoreUnavailable("a cdr partition was missing; retry") from exc
+            raise _bad_rows(exc) from exc
+        except (pgerrors.DataError, pgerrors.IntegrityError, pgerrors.ProgramLimitExceeded) as exc:
+            raise _bad_rows(exc) from exc
+
+    # -- read-only answer for a batch whose body is bad -------------------------------------
+
+    async def batch_state(
+        self, conn: psycopg.AsyncConnection[Any], agent_id: UUID, seq: int, digest: bytes
+    ) -> Outcome | None:
+        """What `ingest` would answer before looking at the rows (None: a new batch).
+
+        Lets the caller keep the documented order of checks (redelivery and replay before a
+        malformed body) without taking the agent lock.
+        """
+        async with conn.transaction():
+            cur = await conn.execute(_LOCK_AGENT, {"agent": agent_id, "seq": seq})
+            return _decide(await cur.fetchone(), seq, digest)
+
+
+def _decide(row: Any, seq: int, digest: bytes) -> Outcome | None:
+    if row is None:
+        return Refused("unknown agent")
+    revoked, last_seq, stored_digest, stored_ack = row
+    if revoked:
+        return Refused("agent revoked")
+    if stored_digest is not None:
+        if bytes(stored_digest) == digest:
+            ack = wire.Ack(
+                seq=seq,
+                accepted=int(stored_ack["accepted"]),
+                duplicates=int(stored_ack["duplicates"]),
+                redelivery=True,
+            )
+            return Redelivery(ack)
+        return Conflict(int(last_seq), f"seq {seq} was already used with another body")
+    if seq <= last_seq:
+        return Conflict(int(last_seq), f"seq {seq} is not after last_seq {last_seq} (replay)")
+    return None
+
+
+_CONTEXT = re.compile(r"COPY \w+, line (\d+)(?:, column (\w+))?")
+
+
+def _bad_rows(exc: psycopg.Error) -> BadRows:
+    """A database refusal of a row, as `cdrs[i]: field: message`."""
+    message = (exc.diag.message_primary or str(exc)).strip()
+    match = _CONTEXT.search(exc.diag.context or "")
+    if match is None:
+        return BadRows(f"a CDR was refused by the database: {message}")
+    where = f"cdrs[{int(match[1]) - 1}]"
+    if match[2]:
+        where += f": {_FIELD_OF_COLUMN.get(match[2], match[2])}"
+    return BadRows(f"{where}: {message}")
