@@ -44,6 +44,8 @@ from . import partitions
 MIN_START_US = 946_684_800_000_000
 """Calls that start before 2000-01-01 UTC are refused: a zero or garbage clock, not a call."""
 MAX_FUTURE_US = 86_400 * 1_000_000
+MAX_KEY_CHARS = 1024
+"""A natural key longer than this is refused (it could not be indexed anyway)."""
 """Calls may start at most this far after the collector's clock (a switch clock ahead)."""
 
 NOTIFY_CHANNEL = "cdr_ingest"
@@ -242,6 +244,8 @@ class Ingestor:
         inet = self._inet
         tail = (agent.tenant_id, agent.switch_id, agent.id.bytes)
         for i, row in enumerate(rows):
+            if len(row[0]) > MAX_KEY_CHARS:
+                raise BadRows(f"cdrs[{i}]: key is longer than {MAX_KEY_CHARS} characters")
             ip = row[_I_SRC_IP]
             if ip is not None:
                 encoded = inet.get(ip)

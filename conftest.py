@@ -1,0 +1,3 @@
+"""Shared pytest fixtures for every package's tests (PostgreSQL, collector server)."""
+
+pytest_plugins = ["tests.fix_db", "tests.fix_proxy"]
