@@ -5,8 +5,9 @@
 Creates a scratch database (dropped at the end) on the given server (default: the embedded
 one under var/test-pg) and prints rows/s for:
   raw     binary COPY of ready rows into cdr (the ceiling)
-  direct  Ingestor.ingest: COPY straight into cdr under a savepoint (the common case)
+  store   Ingestor.store of prepared rows: COPY straight into cdr under a savepoint
   staging the same rows forced through the staging table + INSERT ... ON CONFLICT
+  ingest  parse_body + check_rows + Ingestor.ingest (all the collector's work but HTTP)
   dups    Ingestor.ingest of a batch whose rows are all already stored (fallback path)
   check   wire.parse_body + wire.check_rows (CPU only)
   prepare Ingestor.prepare (CPU only)
@@ -25,7 +26,7 @@ from typing import Any
 import psycopg
 from cdrstats_agent import wire
 from cdrstats_agent.model import CDR, Direction, Disposition
-from cdrstats_collector import embedded, migrate, store
+from cdrstats_collector import embedded, migrate, partitions, store
 from psycopg import conninfo
 
 
@@ -70,19 +71,19 @@ async def run(url: str, batches: int, size: int) -> None:
     base = datetime.now(UTC).replace(microsecond=0) - timedelta(days=1)
     bodies = [
         wire.build_body([wire.pack_cdr(c) for c in make_cdrs(size, base, b * size)])
-        for b in range(batches * 3)
+        for b in range(batches * 4)
     ]
     async with await psycopg.AsyncConnection.connect(url) as conn:
+        agent_id = uuid.uuid4()
         cur = await conn.execute(
             "WITH t AS (INSERT INTO tenant (name) VALUES ('bench') RETURNING id),"
             " s AS (INSERT INTO switch (tenant_id, name) SELECT id, 'sw' FROM t RETURNING"
             " id, tenant_id) INSERT INTO agent (id, tenant_id, switch_id, public_key)"
             " SELECT %s, tenant_id, id, %s FROM s RETURNING tenant_id, switch_id",
-            (uuid.uuid4(), b"k" * 32),
+            (agent_id, b"k" * 32),
         )
         row = await cur.fetchone()
         assert row is not None
-        agent_id = (await (await conn.execute("SELECT id FROM agent")).fetchone() or [None])[0]
         await conn.commit()
         agent = store.AgentRef(agent_id, row[0], row[1])
         now = wire.now_us()
@@ -98,7 +99,7 @@ async def run(url: str, batches: int, size: int) -> None:
         print(f"prepare  {total / t_prep:10.0f} rows/s  (Ingestor.prepare, CPU)")
 
         # raw: the ceiling, ready rows straight into cdr, one COPY per batch, one commit each.
-        await store.partitions.ensure(conn, prepared[0].months, ingestor.partitions)
+        await partitions.ensure(conn, prepared[0].months, ingestor.partitions)
         t0 = time.perf_counter()
         for p in prepared[:batches]:
             async with conn.transaction():
@@ -106,17 +107,25 @@ async def run(url: str, batches: int, size: int) -> None:
         t_raw = time.perf_counter() - t0
         print(f"raw      {batches * size / t_raw:10.0f} rows/s  (binary COPY of ready rows)")
 
+        # store: the ingest transaction (direct COPY path) for rows already prepared.
+        t0 = time.perf_counter()
+        for seq, p in enumerate(prepared[3 * batches :], start=1):
+            out = await ingestor.store(conn, agent, seq, b"%d" % seq, p)
+            assert isinstance(out, store.Stored) and out.ack.accepted == size, out
+        t_store = time.perf_counter() - t0
+        print(f"store    {batches * size / t_store:10.0f} rows/s  (transaction, direct COPY)")
+
         # direct: the full transaction from checked rows (includes prepare).
         t0 = time.perf_counter()
-        for seq, body in enumerate(bodies[batches : 2 * batches], start=1):
+        for seq, body in enumerate(bodies[batches : 2 * batches], start=batches + 1):
             out = await ingestor.ingest(conn, agent, seq, wire.body_digest(body), checked(body))
             assert isinstance(out, store.Stored) and out.ack.accepted == size, out
         t_direct = time.perf_counter() - t0
-        print(f"direct   {batches * size / t_direct:10.0f} rows/s  (ingest: parse+check+store)")
+        print(f"ingest   {batches * size / t_direct:10.0f} rows/s  (parse+check+prepare+store)")
 
         # staging: same work but forced through staging + ON CONFLICT.
         t0 = time.perf_counter()
-        for p in prepared[2 * batches :]:
+        for p in prepared[2 * batches : 3 * batches]:
             async with conn.transaction():
                 await conn.execute(store._CREATE_STAGING)
                 await ingestor._copy(conn, store._COPY_STAGING, p.rows)
@@ -126,12 +135,15 @@ async def run(url: str, batches: int, size: int) -> None:
 
         # dups: redeliver already stored bodies under new seqs (all duplicates).
         t0 = time.perf_counter()
-        for seq, body in enumerate(bodies[batches : 2 * batches], start=batches + 1):
+        for seq, body in enumerate(bodies[batches : 2 * batches], start=2 * batches + 1):
             out = await ingestor.ingest(conn, agent, seq, wire.body_digest(body), checked(body))
             assert isinstance(out, store.Stored) and out.ack.duplicates == size, out
         t_dups = time.perf_counter() - t0
         print(f"dups     {batches * size / t_dups:10.0f} rows/s  (ingest, every row a duplicate)")
-        print(f"ratio direct/raw = {t_raw / t_direct:.2f}, staging/raw = {t_raw / t_staging:.2f}")
+        print(
+            f"ratios to raw: store {t_raw / t_store:.2f}, staging {t_raw / t_staging:.2f},"
+            f" ingest {t_raw / t_direct:.2f}"
+        )
 
 
 def main() -> None:

@@ -2,7 +2,7 @@
 
 Pure data layer (no HTTP). For one batch of one agent, in ONE transaction:
 
-1. lock the agent row (`FOR NO KEY UPDATE`) and look up `(agent, seq)` in `ingest_batch`:
+1. lock the agent row (`FOR NO KEY UPDATE`), then look up `(agent, seq)` in `ingest_batch`:
    unknown/revoked agent, redelivery (same body digest: the stored ack is returned) and
    replays (409) are decided here, under the lock;
 2. load the rows with a binary COPY straight into `cdr`, inside a savepoint. If a row is
@@ -89,11 +89,19 @@ _MERGE_STAGING = (
     f"INSERT INTO cdr ({_COLS}) SELECT {_COLS} FROM cdr_staging ON CONFLICT DO NOTHING"
 ).encode()
 
-_LOCK_AGENT = (
+_STATE = (
     b"SELECT a.revoked_at IS NOT NULL, a.last_seq, b.body_sha256, b.ack"
     b" FROM agent a LEFT JOIN ingest_batch b ON b.agent_id = a.id AND b.seq = %(seq)s"
     b" WHERE a.id = %(agent)s"
 )
+# Under the lock, the batch record is read by a second statement: in READ COMMITTED a
+# statement that waited for the agent row lock sees the row's new version but not rows other
+# transactions committed meanwhile (a joined ingest_batch row), so a racing resend of the
+# same batch would look like a replay. A new statement takes a new snapshot.
+_LOCK_AGENT = (
+    b"SELECT revoked_at IS NOT NULL, last_seq FROM agent WHERE id = %(agent)s FOR NO KEY UPDATE"
+)
+_BATCH = b"SELECT body_sha256, ack FROM ingest_batch WHERE agent_id = %(agent)s AND seq = %(seq)s"
 _FINISH = (
     b"WITH b AS (INSERT INTO ingest_batch (agent_id, seq, body_sha256, ack)"
     b"           VALUES (%(agent)s, %(seq)s, %(digest)s, %(ack)s)),"
@@ -294,10 +302,13 @@ class Ingestor:
         """The transaction for rows already prepared with `prepare`."""
         await partitions.ensure(conn, prepared.months, self.partitions)
         async with conn.transaction():
-            cur = await conn.execute(
-                _LOCK_AGENT + b" FOR NO KEY UPDATE OF a", {"agent": agent.id, "seq": seq}
-            )
-            decided = _decide(await cur.fetchone(), seq, digest)
+            params = {"agent": agent.id, "seq": seq}
+            cur = await conn.execute(_LOCK_AGENT, params)
+            locked = await cur.fetchone()
+            if locked is not None:
+                cur = await conn.execute(_BATCH, params)
+                locked = (*locked, *((await cur.fetchone()) or (None, None)))
+            decided = _decide(locked, seq, digest)
             if decided is not None:
                 return decided
             accepted = await self._load(conn, prepared.rows)
@@ -368,7 +379,7 @@ class Ingestor:
         malformed body) without taking the agent lock.
         """
         async with conn.transaction():
-            cur = await conn.execute(_LOCK_AGENT, {"agent": agent_id, "seq": seq})
+            cur = await conn.execute(_STATE, {"agent": agent_id, "seq": seq})
             return _decide(await cur.fetchone(), seq, digest)
 
 

@@ -8,10 +8,9 @@ from typing import Any
 
 import httpx
 import psycopg
-from nacl.signing import SigningKey
-
 from cdrstats_agent import wire
 from cdrstats_agent.model import CDR, Direction, Disposition
+from nacl.signing import SigningKey
 
 NOW = datetime.now(UTC).replace(microsecond=123456)
 

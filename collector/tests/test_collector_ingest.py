@@ -11,6 +11,7 @@ import httpx
 import msgpack
 import psycopg
 import pytest
+from cdrstats_agent import wire
 from collector_testkit import (
     NOW,
     bare_cdr,
@@ -24,7 +25,6 @@ from collector_testkit import (
 )
 from nacl.signing import SigningKey
 
-from cdrstats_agent import wire
 from tests.fix_db import CollectorServer, EnrolledAgent
 from tests.fix_proxy import PgProxy
 

@@ -1,0 +1,175 @@
+"""The `cdrstats` command line, in process (and once as the installed console script)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+import pytest
+from cdrstats_collector import cli, enroll, users
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("CDRSTATS_DATABASE_URL", raising=False)
+    monkeypatch.setenv("CDRSTATS_CONFIG", str(tmp_path / "absent.toml"))
+    (tmp_path / "absent.toml").write_text("")
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_tenant_add(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(
+        capsys,
+        "tenant",
+        "add",
+        "acme",
+        "--timezone",
+        "Europe/Paris",
+        "--database-url",
+        database_url,
+    )
+    assert code == 0 and "acme" in out
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute("SELECT name, timezone FROM tenant").fetchall() == [
+            ("acme", "Europe/Paris")
+        ]
+    code, _, err = run(capsys, "tenant", "add", "acme", "--database-url", database_url)
+    assert code == 1 and err == "cdrstats: tenant 'acme' already exists\n"
+    code, _, err = run(
+        capsys, "tenant", "add", "b", "--timezone", "Mars/Base", "--database-url", database_url
+    )
+    assert code == 2 and "unknown timezone 'Mars/Base'" in err
+
+
+def test_token_for_unknown_tenant_is_exit_2(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(
+        capsys,
+        "agent-token",
+        "create",
+        "--tenant",
+        "nope",
+        "--switch",
+        "sw1",
+        "--database-url",
+        database_url,
+    )
+    assert code == 2 and out == ""
+    assert (
+        err == "cdrstats: unknown tenant 'nope': create it first with `cdrstats tenant add nope`\n"
+    )
+
+
+def test_token_create_prints_the_enroll_command(
+    database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "tenant", "add", "acme", "--database-url", database_url)[0] == 0
+    code, out, _ = run(
+        capsys,
+        "agent-token",
+        "create",
+        "--tenant",
+        "acme",
+        "--switch",
+        "pbx1",
+        "--ttl",
+        "2",
+        "--url",
+        "https://cdr.example.net",
+        "--database-url",
+        database_url,
+    )
+    assert code == 0
+    command = [line.strip() for line in out.splitlines() if "cdrstats-agent enroll" in line]
+    assert len(command) == 1
+    words = command[0].split()
+    assert words[:3] == ["cdrstats-agent", "enroll", "https://cdr.example.net"]
+    token = words[3]
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute(
+            "SELECT s.name, k.expires_at - k.created_at < interval '2 hours 1 minute'"
+            " FROM agent_token k JOIN switch s ON s.id = k.switch_id WHERE token_hash = %s",
+            (enroll.hash_token(token),),
+        ).fetchone()
+    assert row == ("pbx1", True)
+
+
+def test_user_add(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ("--database-url", database_url)
+    assert run(capsys, "tenant", "add", "acme", *url)[0] == 0
+    code, out, _ = run(capsys, "user", "add", "root", "--role", "superadmin", *url)
+    assert code == 0
+    password = out.split("password: ")[1].strip()
+    code, out, _ = run(
+        capsys,
+        "user",
+        "add",
+        "ann",
+        "--role",
+        "tenant_viewer",
+        "--tenant",
+        "acme",
+        "--password",
+        "correct horse battery",
+        *url,
+    )
+    assert code == 0 and "password:" not in out
+    with psycopg.connect(database_url) as conn:
+        rows: dict[str, str] = dict(
+            conn.execute("SELECT username, password_hash FROM app_user").fetchall()
+        )
+    assert users.verify_password(rows["root"], password)
+    assert users.verify_password(rows["ann"], "correct horse battery")
+    assert not users.verify_password(rows["ann"], "wrong")
+    code, _, err = run(capsys, "user", "add", "x", "--role", "superadmin", "--tenant", "acme", *url)
+    assert code == 2 and "superadmin belongs to no tenant" in err
+    code, _, err = run(capsys, "user", "add", "y", "--role", "tenant_admin", *url)
+    assert code == 2 and "needs --tenant" in err
+
+
+def test_no_database_url_is_exit_2(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("CDRSTATS_CONFIG")
+    missing = tmp_path / "nowhere.toml"
+    code, _, err = run(capsys, "db", "upgrade", "--config", str(missing))
+    assert code == 2
+    assert err.startswith(f"cdrstats: {missing}: (file): cannot be read")
+    config = tmp_path / "collector.toml"
+    config.write_text("[database]\npool_max = 2\n")
+    code, _, err = run(capsys, "db", "upgrade", "--config", str(config))
+    assert code == 2
+    assert err == (
+        f"cdrstats: {config}: database.url: is required and missing (pass --database-url,"
+        " set CDRSTATS_DATABASE_URL, or set url under [database])\n"
+    )
+
+
+def test_database_down_is_one_line_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.fix_db import free_port
+
+    url = f"postgresql://postgres@127.0.0.1:{free_port()}/x"
+    code, _, err = run(capsys, "tenant", "add", "a", "--database-url", url)
+    assert code == 1
+    assert err.startswith("cdrstats: database unavailable:") and err.count("\n") == 1
+
+
+def test_console_script_db_upgrade(empty_database_url: str) -> None:
+    cmd = [sys.executable, "-m", "cdrstats_collector.cli", "db", "upgrade"]
+    first = subprocess.run(
+        [*cmd, "--database-url", empty_database_url], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    assert "applied 0001_initial" in first.stdout
+    second = subprocess.run(
+        [*cmd, "--database-url", empty_database_url], capture_output=True, text=True
+    )
+    assert second.returncode == 0 and "up to date" in second.stdout
