@@ -140,3 +140,67 @@ def to_e164(
     if not rest.isdigit() or not (min_length <= len(rest) <= 15) or rest[0] == "0":
         return None
     return "+" + rest
+
+
+# Channel technologies whose "resource" is not a peer (trunk or endpoint) name.
+_NOT_PEERS = frozenset(
+    {
+        "local",
+        "console",
+        "parked",
+        "bridge",
+        "message",
+        "announcer",
+        "recorder",
+        "cbann",
+        "cbrec",
+        "snoop",
+        "audiosocket",
+        "unicastrtp",
+        "multicastrtp",
+        "asyncgoto",
+    }
+)
+
+
+def channel_peer(channel: str) -> str | None:
+    """The peer name inside an Asterisk channel name, or None for internal channels.
+
+    `SIP/trunk1-00000001` -> `trunk1`, `PJSIP/provider-000000a1` -> `provider`,
+    `IAX2/peer-1234` -> `peer`; `Local/100@default-0001;1`, `Console/dsp` and "" -> None.
+    Masquerade decorations (`<ZOMBIE>`, `<MASQ>`, an `AsyncGoto/` prefix) are ignored.
+    """
+    name = channel.strip()
+    for tag in ("<ZOMBIE>", "<MASQ>"):
+        name = name.replace(tag, "")
+    if name[:10].lower() == "asyncgoto/":
+        name = name[10:]
+    tech, sep, resource = name.partition("/")
+    if not sep or not resource or tech.lower() in _NOT_PEERS:
+        return None
+    resource = resource.split(";", 1)[0]
+    base, dash, suffix = resource.rpartition("-")
+    if dash and base and suffix and all(c in "0123456789abcdefABCDEF" for c in suffix):
+        resource = base
+    return resource or None
+
+
+def split_callerid(clid: str) -> tuple[str, str]:
+    """(name, number) from a caller-id string such as `"John Doe" <1000>`.
+
+    Without angle brackets the text is a number if it looks like one (digits, `+`, `*`, `#`),
+    else a name.
+    """
+    text = clid.strip()
+    if text.endswith(">") and "<" in text:
+        name, _, rest = text.rpartition("<")
+        number = rest[:-1].strip()
+        name = name.strip()
+        if len(name) >= 2 and name[0] == '"' and name[-1] == '"':
+            name = name[1:-1]
+        return name.strip(), number
+    if text and all(c.isdigit() or c in "+*#" for c in text):
+        return "", text
+    if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
+        text = text[1:-1]
+    return text, ""

@@ -1,0 +1,193 @@
+"""Timestamps and durations as switches write them, turned into UTC datetimes and seconds.
+
+Local wall-clock stamps are converted with an IANA zone, and the two awkward hours a year
+are handled the same way every time:
+
+* a stamp that does not exist (the clock jumped forward over it) is read with the UTC offset
+  in force *before* the jump: `2024-03-31 02:30` in Europe/Paris is `00:30Z` + 1 h = `01:30Z`;
+* a stamp that exists twice (the clock went back) has two candidate instants; `resolve`
+  picks, for the start, answer and end stamps of one call together, the combination that keeps
+  them in order and agrees best with the duration and billsec the switch wrote; on a tie, the
+  earlier instant (the first occurrence) wins.
+
+Stamps before 1971 are treated as unset: FreeSWITCH writes the Unix epoch, rendered in local
+time, for a call that was never answered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta, tzinfo
+from decimal import Decimal, InvalidOperation
+from functools import cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+KEYWORD_FORMATS = ("epoch", "epoch_ms", "epoch_us", "iso8601")
+"""Time formats that are not strptime patterns."""
+
+DURATION_UNITS = ("s", "ms", "hms")
+
+_UNSET_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PLAIN = "%Y-%m-%d %H:%M:%S"
+
+
+class StampError(ValueError):
+    """A value that is not a time or duration in the configured format."""
+
+
+@cache
+def local_zone() -> tzinfo:
+    """The host's zone: `$TZ`, else /etc/timezone, else /etc/localtime, else UTC."""
+    name = os.environ.get("TZ", "").lstrip(":")
+    candidates = [name] if name else []
+    try:
+        with open("/etc/timezone", encoding="ascii") as fh:
+            candidates.append(fh.read().strip())
+    except (OSError, UnicodeDecodeError):
+        pass
+    for candidate in candidates:
+        if candidate:
+            try:
+                return ZoneInfo(candidate)
+            except (ZoneInfoNotFoundError, ValueError):
+                continue
+    try:
+        with open("/etc/localtime", "rb") as fh:
+            return ZoneInfo.from_file(fh, key="localtime")
+    except (OSError, ValueError):
+        return UTC
+
+
+def check_format(fmt: str) -> str | None:
+    """None if `fmt` is usable as a time format, else why not."""
+    if fmt in KEYWORD_FORMATS:
+        return None
+    if "%" not in fmt:
+        return f"{fmt!r} is neither a strptime pattern nor one of {', '.join(KEYWORD_FORMATS)}"
+    sample = datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC)
+    try:
+        datetime.strptime(sample.strftime(fmt), fmt)
+    except ValueError as exc:
+        return f"{fmt!r} is not a usable strptime pattern ({exc})"
+    return None
+
+
+def local_candidates(naive: datetime, zone: tzinfo) -> tuple[datetime, ...]:
+    """The UTC instants a local wall-clock time can mean: one, or two in a DST overlap."""
+    first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
+    second = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
+    if first == second:
+        return (first,)
+    back = [c.astimezone(zone).replace(tzinfo=None, fold=0) for c in (first, second)]
+    if back[0] == naive and back[1] == naive:
+        return (min(first, second), max(first, second))
+    # A gap: fold=0 reads it with the offset in force before the jump.
+    return (first,)
+
+
+def _number(text: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise StampError("not a number") from None
+    if not value.is_finite():
+        raise StampError("not a number")
+    return value
+
+
+def parse_time(text: str, formats: Sequence[str], zone: tzinfo) -> tuple[datetime, ...] | None:
+    """Candidate UTC instants of a stamp (see module doc); None when empty or unset."""
+    text = text.strip()
+    if not text:
+        return None
+    for fmt in formats:
+        parsed = _parse_one(text, fmt, zone)
+        if parsed is not None:
+            if parsed[0] < _UNSET_BEFORE:
+                return None
+            return parsed
+    raise StampError(f"not a time in format {' or '.join(formats)}")
+
+
+def _parse_one(text: str, fmt: str, zone: tzinfo) -> tuple[datetime, ...] | None:
+    if fmt in ("epoch", "epoch_ms", "epoch_us"):
+        try:
+            value = _number(text)
+        except StampError:
+            return None
+        scale = {"epoch": 1, "epoch_ms": 1000, "epoch_us": 1_000_000}[fmt]
+        micros = int(value * 1_000_000 / scale)
+        try:
+            return (_EPOCH + timedelta(microseconds=micros),)
+        except OverflowError:
+            return None
+    try:
+        if fmt == "iso8601" or (fmt == _PLAIN and len(text) == 19 and text[10] == " "):
+            stamp = datetime.fromisoformat(text.replace("z", "Z"))
+        else:
+            stamp = datetime.strptime(text, fmt)
+    except ValueError:
+        return None
+    if stamp.tzinfo is not None and stamp.utcoffset() is not None:
+        return (stamp.astimezone(UTC),)
+    return local_candidates(stamp, zone)
+
+
+def parse_duration(text: str, unit: str) -> int | None:
+    """Whole seconds (truncated, as switches count them); None when empty."""
+    text = text.strip()
+    if not text:
+        return None
+    if unit == "hms":
+        negative = text.startswith("-")
+        parts = text.lstrip("+-").split(":")
+        if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+            raise StampError("not a duration in HH:MM:SS")
+        hours, minutes, seconds = ([Decimal(0)] * (3 - len(parts))) + [_number(p) for p in parts]
+        if (minutes >= 60 and len(parts) == 3) or seconds >= 60:
+            raise StampError("not a duration in HH:MM:SS")
+        total = hours * 3600 + minutes * 60 + seconds
+        value = -total if negative else total
+    else:
+        try:
+            value = _number(text)
+        except StampError:
+            name = "seconds" if unit == "s" else "milliseconds"
+            raise StampError(f"not a duration in {name}") from None
+        if unit == "ms":
+            value = value / 1000
+    if value < 0:
+        raise StampError("negative duration")
+    return int(value)
+
+
+def resolve(
+    start: tuple[datetime, ...] | None,
+    answer: tuple[datetime, ...] | None,
+    end: tuple[datetime, ...] | None,
+    duration: int | None,
+    billsec: int | None,
+) -> tuple[datetime | None, datetime | None, datetime | None]:
+    """Choose one instant per stamp (see the module doc for the rule)."""
+    options = [c if c is not None else (None,) for c in (start, answer, end)]
+    if all(len(o) == 1 for o in options):
+        return options[0][0], options[1][0], options[2][0]
+
+    def score(combo: tuple[datetime | None, ...]) -> tuple[int, float, float]:
+        s, a, e = combo
+        known = [t for t in (s, a, e) if t is not None]
+        disorder = sum(1 for x, y in itertools.pairwise(known) if y < x)
+        dur = abs((e - s).total_seconds() - duration) if s and e and duration is not None else 0
+        bill = abs((e - a).total_seconds() - billsec) if a and e and billsec is not None else 0
+        return disorder, dur, bill
+
+    best = min(itertools.product(*options), key=score)
+    return best[0], best[1], best[2]
+
+
+def seconds_between(earlier: datetime, later: datetime) -> int:
+    """Whole seconds from `earlier` to `later`, truncated toward zero."""
+    return int((later - earlier).total_seconds())
