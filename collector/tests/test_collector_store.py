@@ -163,3 +163,23 @@ def test_month_helpers() -> None:
     day = wire.to_us(NOW.replace(year=2024, month=2, day=29)) // partitions.DAY_US
     assert partitions.month_of_day(day) == date(2024, 2, 1)
     assert partitions.partition_name(date(2024, 2, 1)) == "cdr_y2024m02"
+
+
+async def test_maintenance_prunes_old_batch_records(database_url: str) -> None:
+    from cdrstats_collector import maintenance
+
+    agent = _agent(database_url)
+    async with await psycopg.AsyncConnection.connect(database_url) as conn:
+        for seq in (1, 2):
+            await store.Ingestor().ingest(conn, agent, seq, bytes([seq]) * 32, [])
+        await conn.execute(
+            "UPDATE ingest_batch SET received_at = now() - interval '40 days' WHERE seq = 1"
+        )
+        await conn.commit()
+        report = await maintenance.run(conn, months_ahead=4, batch_keep_days=30)
+        assert report == maintenance.Report(partitions_ensured=5, batches_pruned=1)
+        cur = await conn.execute("SELECT seq FROM ingest_batch")
+        assert await cur.fetchall() == [(2,)]
+        # the pruned seq is now unknown and below last_seq: a replay, refused
+        out = await store.Ingestor().ingest(conn, agent, 1, bytes([1]) * 32, [])
+        assert out == store.Conflict(2, "seq 1 is not after last_seq 2 (replay)")
