@@ -60,7 +60,8 @@ async def _maintain(state: CollectorState) -> None:
             log.info("maintenance_done", batches_pruned=report.batches_pruned)
             delay = settings.maintenance_interval_s
         except (psycopg.Error, PoolTimeout) as exc:
-            log.warning("maintenance_failed", reason=str(exc).strip().splitlines()[0] or exc)
+            text = str(exc).strip()
+            log.warning("maintenance_failed", reason=text.splitlines()[0] if text else repr(exc))
             delay = min(60.0, settings.maintenance_interval_s)
         await asyncio.sleep(delay)
 
