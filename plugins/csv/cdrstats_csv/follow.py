@@ -42,7 +42,8 @@ from .records import split_records
 FP_LEN = 512
 """Bytes of a file's beginning that identify it."""
 FP_MIN_MATCH = 32
-"""A copy is recognised only from fingerprints of at least this many bytes."""
+"""A copy is recognised from a fingerprint of at least this many bytes, or of all that was
+read of the original."""
 TAIL_LEN = 512
 """Bytes before the read position that must also match to take a new file for a copy."""
 READ_MAX = 1 << 20
@@ -53,6 +54,10 @@ ROTATED_IDLE = 30.0
 """Seconds a fully read file that is no longer followed (renamed away) is kept open."""
 MEMO_POLLS = 120
 """Polls during which the content of a truncated file is looked for in a copy."""
+RECENT_MARGIN = 2.0
+"""Seconds of slack when comparing a file's modification time with the last scan."""
+ROTATION_SEPARATORS = ".-_"
+"""`Master.csv` + one of these + anything is a rotated generation of `Master.csv`."""
 
 CHECKPOINT_VERSION = 1
 
@@ -92,6 +97,8 @@ class _File:
     size: int = -1
     mtime_ns: int = -1
     last_growth: float = 0.0
+    seq: int = 0
+    """Order of discovery: breaks ties between equal modification times."""
     stall: tuple[int, int] | None = None
     """(offset, size) where reading last stopped on an open quote."""
     followed: bool = True
@@ -147,7 +154,7 @@ def _pread(path_or_fd: str | int, length: int, offset: int) -> bytes:
         os.close(fd)
 
 
-def _parse_checkpoint(text: str) -> list[dict[str, Any]]:
+def _parse_checkpoint(text: str) -> tuple[list[dict[str, Any]], float | None]:
     try:
         doc = json.loads(text)
     except ValueError as exc:
@@ -176,7 +183,12 @@ def _parse_checkpoint(text: str) -> list[dict[str, Any]]:
             raise CheckpointError(f"malformed file entry {entry!r:.120}")
         if entry["offset"] < 0 or entry["line"] < 0 or entry["fp_len"] < 0:
             raise CheckpointError(f"negative position in {entry!r:.120}")
-    return files
+    scanned_at = doc.get("scanned_at")
+    if scanned_at is not None and (
+        isinstance(scanned_at, bool) or not isinstance(scanned_at, (int, float))
+    ):
+        raise CheckpointError(f"bad scanned_at {scanned_at!r:.40}")
+    return files, None if scanned_at is None else float(scanned_at)
 
 
 class Follower:
@@ -208,6 +220,13 @@ class Follower:
         self._restored: list[dict[str, Any]] | None = None
         self._memos: list[_Memo] = []
         self._first_scan = True
+        self._last_scan: float | None = None
+        """Wall-clock start of the previous scan (from the checkpoint after a restart)."""
+        self._scan_started = time.time()
+        self._stamp: tuple[str, float] | None = None
+        self._forgotten: dict[tuple[int, int], _File] = {}
+        """Files read to their end and dropped (bounded): not to be read again."""
+        self._seq = 0
         self._fresh = True
         self.waiting = False
         """The last poll stopped at an open quote: the next one decides (not idle)."""
@@ -217,19 +236,30 @@ class Follower:
 
     def restore(self, checkpoint: str | None) -> None:
         """Resume from a checkpoint (None: first start). Raises CheckpointError."""
-        self._restored = None if checkpoint is None else _parse_checkpoint(checkpoint)
         self._fresh = checkpoint is None
+        if checkpoint is None:
+            self._restored = None
+            return
+        self._restored, scanned_at = _parse_checkpoint(checkpoint)
+        self._last_scan = scanned_at
+        if scanned_at is not None:
+            self._stamp = (json.dumps(self._restored, sort_keys=True), scanned_at)
 
     def checkpoint(self) -> str:
+        """The positions reached, as JSON (see README: checkpoint format)."""
         if self._restored is not None:
             # Not scanned yet: the positions are still those we were given.
             entries = self._restored
         else:
             entries = [f.to_json() for f in self._files.values()]
         entries = sorted(entries, key=lambda e: (e["path"], e["dev"], e["ino"]))
-        return json.dumps(
-            {"v": CHECKPOINT_VERSION, "files": entries}, separators=(",", ":"), sort_keys=True
-        )
+        # `scanned_at` moves only when the positions do, so that an idle poll gives the
+        # same string; it is the scan that found them (see `_scan`: rotated generations).
+        state = json.dumps(entries, sort_keys=True)
+        if self._stamp is None or self._stamp[0] != state:
+            self._stamp = (state, round(self._scan_started, 3))
+        doc = {"v": CHECKPOINT_VERSION, "scanned_at": self._stamp[1], "files": entries}
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True)
 
     # --- problems are logged once, until they go away ------------------------------------
 
@@ -267,6 +297,8 @@ class Follower:
         return found
 
     def _scan(self) -> None:
+        scan_started = time.time()
+        self._scan_started = scan_started
         try:
             root = os.stat(self.path)
             self._ok(self.path)
@@ -316,17 +348,50 @@ class Follower:
             if ident not in self._files:
                 self._track_new(ident, path, st)
 
+        if self._last_scan is not None:
+            # Generations born and rotated away since the last scan (or while the agent was
+            # down): untracked, named like a rotation of a followed file, written since then.
+            bases = {os.path.basename(p) for p, _ in followed.values()}
+            if not dir_mode:
+                bases.add(os.path.basename(self.path))
+            since = int((self._last_scan - RECENT_MARGIN) * 1e9)
+            for ident, (path, st) in everything().items():
+                if (
+                    ident not in self._files
+                    and st.st_mtime_ns >= since
+                    and self._wanted_copy(path)
+                    and self._rotation_of(os.path.basename(path), bases)
+                ):
+                    old = self._forgotten.get(ident)
+                    if old is not None and self._head(path, old.fp_len) == old.fp:
+                        if st.st_size > old.offset:  # written again after we let it go
+                            del self._forgotten[ident]
+                            self._track(ident, path, st, old.offset, old.line, followed=False)
+                        continue
+                    self._track_new(ident, path, st, followed=False)
+
         if self._memos:
             if not dir_mode:
                 for ident, (path, st) in everything().items():
                     if ident not in self._files and self._wanted_copy(path):
                         memo = self._match_memo(path, st)
                         if memo is not None:
-                            self._track(ident, path, st, memo.offset, memo.line, followed=False)
+                            offset, line = self._copy_position(path, st, memo.offset, memo.line)
+                            self._track(ident, path, st, offset, line, followed=False)
             for memo in self._memos:
                 memo.polls_left -= 1
             self._memos = [m for m in self._memos if m.polls_left > 0]
         self._first_scan = False
+        self._last_scan = scan_started
+
+    @staticmethod
+    def _rotation_of(name: str, bases: set[str]) -> bool:
+        return any(
+            len(name) > len(base)
+            and name.startswith(base)
+            and name[len(base)] in ROTATION_SEPARATORS
+            for base in bases
+        )
 
     def _wanted_copy(self, path: str) -> bool:
         name = os.path.basename(path)
@@ -371,6 +436,18 @@ class Follower:
                     break
             if found is None:
                 log.info("checkpoint_file_gone", path=entry["path"], offset=entry["offset"])
+                if entry["offset"]:  # its content may be in a copy (copytruncate while down)
+                    self._memos.append(
+                        _Memo(
+                            entry["path"],
+                            entry["fp"],
+                            entry["fp_len"],
+                            entry["tail"],
+                            entry["tail_len"],
+                            entry["offset"],
+                            entry["line"],
+                        )
+                    )
                 continue
             key, path, st = found
             tracked = self._track(
@@ -398,6 +475,7 @@ class Follower:
         fp: tuple[str, int] | None = None,
         tail: tuple[str, int] | None = None,
     ) -> _File:
+        self._seq += 1
         tracked = _File(
             dev=ident[0],
             ino=ident[1],
@@ -406,6 +484,8 @@ class Follower:
             line=line,
             followed=followed,
             last_growth=self._clock(),
+            seq=self._seq,
+            mtime_ns=st.st_mtime_ns,
         )
         if fp is None:
             length = min(st.st_size, FP_LEN)
@@ -418,7 +498,9 @@ class Follower:
         self._files[ident] = tracked
         return tracked
 
-    def _track_new(self, ident: tuple[int, int], path: str, st: os.stat_result) -> None:
+    def _track_new(
+        self, ident: tuple[int, int], path: str, st: os.stat_result, *, followed: bool = True
+    ) -> None:
         offset = line = 0
         copy = self._match_copy(ident, path, st)
         if copy is not None:
@@ -426,32 +508,47 @@ class Follower:
         elif self._first_scan and self._fresh and self.start_at == "end":
             offset, line = self._end_position(path)
         log.info("file_found", path=path, offset=offset, copy_of_known=copy is not None)
-        self._track(ident, path, st, offset, line, followed=True)
+        self._track(ident, path, st, offset, line, followed=followed)
 
     def _match_copy(
         self, ident: tuple[int, int], path: str, st: os.stat_result
     ) -> tuple[int, int] | None:
         memo = self._match_memo(path, st)
         if memo is not None:
-            return memo.offset, memo.line
+            return self._copy_position(path, st, memo.offset, memo.line)
         for other in self._files.values():
             if (
                 (other.dev, other.ino) != ident
-                and other.fp_len >= FP_MIN_MATCH
-                and st.st_size >= other.offset
+                and other.offset > 0
+                and other.fp_len >= min(FP_MIN_MATCH, other.offset)
                 and self._head(path, other.fp_len) == other.fp
-                and self._tail_matches(path, other.offset, other.tail, other.tail_len)
+                and (
+                    st.st_size < other.offset
+                    or self._tail_matches(path, other.offset, other.tail, other.tail_len)
+                )
             ):
-                return other.offset, other.line
+                log.info("copy_found", path=path, copy_of=other.path, offset=other.offset)
+                return self._copy_position(path, st, other.offset, other.line)
         return None
+
+    def _copy_position(
+        self, path: str, st: os.stat_result, offset: int, line: int
+    ) -> tuple[int, int]:
+        """Where to start in a copy of a file read up to (offset, line)."""
+        if st.st_size >= offset:
+            return offset, line
+        # A shorter copy holds only what was already read: start at its last full line.
+        return self._end_position(path)
 
     def _match_memo(self, path: str, st: os.stat_result) -> _Memo | None:
         for memo in self._memos:
             if (
-                memo.fp_len >= FP_MIN_MATCH
-                and st.st_size >= memo.offset
+                memo.fp_len >= min(FP_MIN_MATCH, memo.offset)
                 and self._head(path, memo.fp_len) == memo.fp
-                and self._tail_matches(path, memo.offset, memo.tail, memo.tail_len)
+                and (
+                    st.st_size < memo.offset
+                    or self._tail_matches(path, memo.offset, memo.tail, memo.tail_len)
+                )
             ):
                 self._memos.remove(memo)
                 log.info("copy_found", path=path, copy_of=memo.path, offset=memo.offset)
@@ -531,7 +628,7 @@ class Follower:
         self._scan()
         self.waiting = False
         records: list[Record] = []
-        order = sorted(self._files.values(), key=lambda f: (f.mtime_ns, f.path, f.ino))
+        order = sorted(self._files.values(), key=lambda f: (f.mtime_ns, f.seq))
         for tracked in order:
             if len(records) >= limit:
                 break
@@ -689,6 +786,9 @@ class Follower:
             os.close(tracked.fd)
             tracked.fd = None
         self._files.pop((tracked.dev, tracked.ino), None)
+        self._forgotten[(tracked.dev, tracked.ino)] = tracked
+        while len(self._forgotten) > 1000:
+            del self._forgotten[next(iter(self._forgotten))]
         log.info("file_done", path=tracked.path, lines=tracked.line)
 
     def close(self) -> None:

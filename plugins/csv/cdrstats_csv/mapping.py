@@ -17,7 +17,8 @@ counted from 1. What the switch does not write is derived:
   (or its text is unknown);
 * trunk and direction from Asterisk-style channel names (`channel`, `dstchannel` inputs);
 * caller/callee E.164 from `country_code` and the dialling prefixes;
-* the key: the key column(s) joined with `:`, or else the sha256 (hex) of the raw record.
+* the key: the key column(s) joined with `:`, or else the sha256 (hex) of the raw record;
+  a key longer than 200 characters is replaced by its own sha256.
 
 Every column that feeds no CDR field is kept in `extra`, under its name or `col<N>`; so is the
 raw text of a mapped value that could not be understood (an unknown hangup cause name).
@@ -74,6 +75,8 @@ MAPPABLE_FIELDS = (
 TRANSFORMS = ("callerid_name", "callerid_number")
 
 DEFAULT_TIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "iso8601")
+MAX_KEY_CHARS = 200
+"""A longer key (from overlong key columns) is replaced by its sha256 (hex)."""
 
 _DIRECTIONS = {
     "inbound": Direction.INBOUND,
@@ -472,6 +475,8 @@ class Mapping:
 
         key_values = [values[i].strip() for i in bound.key]
         key = ":".join(key_values) if any(key_values) else hashlib.sha256(data).hexdigest()
+        if len(key) > MAX_KEY_CHARS:
+            key = hashlib.sha256(key.encode()).hexdigest()
 
         return CDR(
             key=key,

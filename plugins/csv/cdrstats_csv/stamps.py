@@ -28,6 +28,8 @@ KEYWORD_FORMATS = ("epoch", "epoch_ms", "epoch_us", "iso8601")
 """Time formats that are not strptime patterns."""
 
 DURATION_UNITS = ("s", "ms", "hms")
+MAX_DURATION = 10 * 366 * 86400
+"""Ten years: anything longer is a broken value, not a call."""
 
 _UNSET_BEFORE = datetime(1971, 1, 1, tzinfo=UTC)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,6 +121,8 @@ def _parse_one(text: str, fmt: str, zone: tzinfo) -> tuple[datetime, ...] | None
         except StampError:
             return None
         scale = {"epoch": 1, "epoch_ms": 1000, "epoch_us": 1_000_000}[fmt]
+        if abs(value) > 10**11 * scale:  # beyond year 5000: not this unit
+            return None
         micros = int(value * 1_000_000 / scale)
         try:
             return (_EPOCH + timedelta(microseconds=micros),)
@@ -161,6 +165,8 @@ def parse_duration(text: str, unit: str) -> int | None:
             value = value / 1000
     if value < 0:
         raise StampError("negative duration")
+    if value > MAX_DURATION:
+        raise StampError("duration too large")
     return int(value)
 
 

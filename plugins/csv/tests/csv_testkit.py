@@ -25,38 +25,71 @@ def make_source(options: Mapping[str, Any], name: str = "test") -> CsvSource:
     return CsvPlugin().create_source(name, table)
 
 
+class LiveReader:
+    """One running `read()`: `until_idle()` returns what it yielded until a poll found nothing.
+
+    The pending `anext()` survives between calls, so the test can change files while the
+    source is between two polls, exactly as a switch would.
+    """
+
+    def __init__(self, source: CsvSource, checkpoint: str | None = None) -> None:
+        self.source = source
+        self.agen = source.read(checkpoint)
+        self.task: asyncio.Future[ReadResult] | None = None
+        self.results: list[ReadResult] = []
+
+    async def until_idle(
+        self, *, stop_after: int | None = None, deadline: float = 10.0
+    ) -> list[ReadResult]:
+        got: list[ReadResult] = []
+        limit = time.monotonic() + deadline
+        while stop_after is None or len(got) < stop_after:
+            idle = self.source.idle_polls
+            if self.task is None:
+                self.task = asyncio.ensure_future(anext(self.agen))
+            while not self.task.done() and self.source.idle_polls == idle:
+                if time.monotonic() > limit:
+                    raise AssertionError("read() kept producing for too long")
+                await asyncio.sleep(0.001)
+            if not self.task.done():
+                break
+            got.append(self.task.result())
+            self.task = None
+        self.results.extend(got)
+        return got
+
+    @property
+    def checkpoint(self) -> str | None:
+        return self.results[-1].checkpoint if self.results else None
+
+    async def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+                await self.task
+        await self.agen.aclose()
+
+
 async def drain(
     source: CsvSource,
     checkpoint: str | None = None,
     *,
     stop_after: int | None = None,
-    deadline: float = 10.0,
 ) -> list[ReadResult]:
-    """Results of `source.read(checkpoint)` until a poll finds nothing new (or `stop_after`)."""
-    agen = source.read(checkpoint)
-    results: list[ReadResult] = []
-    limit = time.monotonic() + deadline
+    """Results of a fresh `source.read(checkpoint)` until a poll finds nothing new."""
+    reader = LiveReader(source, checkpoint)
     try:
-        while stop_after is None or len(results) < stop_after:
-            idle = source.idle_polls
-            task = asyncio.ensure_future(anext(agen))
-            while not task.done() and source.idle_polls == idle:
-                if time.monotonic() > limit:
-                    raise AssertionError("read() kept producing for too long")
-                await asyncio.sleep(0.001)
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                    await task
-                break
-            results.append(task.result())
+        return await reader.until_idle(stop_after=stop_after)
     finally:
-        await agen.aclose()
-    return results
+        await reader.close()
 
 
 def cdrs_of(results: list[ReadResult]) -> list[CDR]:
     return [cdr for result in results for cdr in result.cdrs]
+
+
+def keys_of(results: list[ReadResult]) -> list[str]:
+    return [cdr.key for result in results for cdr in result.cdrs]
 
 
 def rejected_of(results: list[ReadResult]) -> list[tuple[str, str]]:
