@@ -27,6 +27,37 @@ from .mapping import Rejection
 
 log = get_logger("cdrstats.plugins.csv")
 
+OPTIONS = (
+    "path",
+    "preset",
+    "columns",
+    "usegmtime",
+    "template",
+    "broken_quotes",
+    "pattern",
+    "exclude",
+    "header",
+    "column_names",
+    "fields",
+    "key",
+    "time_format",
+    "timezone",
+    "duration_unit",
+    "disposition_map",
+    "country_code",
+    "international_prefix",
+    "national_prefix",
+    "trunks",
+    "delimiter",
+    "quotechar",
+    "max_record_lines",
+    "encoding",
+    "interval",
+    "chunk_cdrs",
+    "start_at",
+)
+"""Every option of a csv `[[source]]` table (besides the agent's own `name` and `plugin`)."""
+
 COMPRESSED = ["*.gz", "*.bz2", "*.xz", "*.zst", "*.zip", "*.lz4"]
 LOGGED_REJECTS_PER_CHUNK = 20
 
