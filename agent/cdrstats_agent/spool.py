@@ -504,8 +504,10 @@ class _Notifier:
 
     async def wait(self, max_wait: float | None = None) -> None:
         event = self._event
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max_wait)
+            async with asyncio.timeout(max_wait):
+                await event.wait()
 
 
 class Spool:

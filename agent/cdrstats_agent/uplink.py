@@ -207,9 +207,9 @@ class Uplink:
             ack = {}
         if ack.get("seq") != batch.seq:
             log.warning("ack_seq_mismatch", sent=batch.seq, acked=ack.get("seq"), url=url)
-        await self.spool.ack(batch.seq, ack)
         self._reachable(url)
         self._conflicts = 0
+        await self.spool.ack(batch.seq, ack)
         self.last_ack_at = time.time()
         self.acked_batches += 1
         self.acked_cdrs += batch.cdrs

@@ -160,11 +160,60 @@ def _check_value(name: str, value: Any) -> Any:
     raise WireError(f"unknown field {name!r}")  # pragma: no cover - fields are checked first
 
 
+_DEFAULTS: dict[str, Any] = {
+    "duration": 0,
+    "billsec": 0,
+    "disposition": "FAILED",
+    "direction": "unknown",
+    "caller": "",
+    "caller_name": "",
+    "callee": "",
+    "accountcode": "",
+    "extra": {},
+}
+_DISPOSITIONS = frozenset(d.value for d in Disposition)
+_DIRECTIONS = frozenset(d.value for d in Direction)
+_NONE = type(None)
+
+
+def _column_ok(name: str, col: list[Any]) -> bool:
+    """Fast whole-column check; False sends the column to the per-value check for the message."""
+    try:
+        if name in _TS or name in _INT:
+            values = (
+                col
+                if name in ("start", "duration", "billsec")
+                else [v for v in col if v is not None]
+            )
+            limit = 2**53 if name in _TS else _INT_LIMIT + 1
+            return not values or (
+                set(map(type, values)) == {int} and min(values) >= 0 and max(values) < limit
+            )
+        if name in _STR:
+            return set(map(type, col)) <= {str} and (name != "key" or all(col))
+        if name in _OPT_STR:
+            return set(map(type, col)) <= {str, _NONE}
+        if name == "disposition":
+            return set(col) <= _DISPOSITIONS
+        if name == "direction":
+            return set(col) <= _DIRECTIONS
+        if name == "extra":
+            return set(map(type, col)) <= {dict} and all(
+                type(k) is str for d in col if d for k in d
+            )
+    except TypeError:  # unhashable or unorderable values: let the slow path name them
+        return False
+    return False
+
+
 def check_rows(fields: Sequence[str], rows: Sequence[Any]) -> list[list[Any]]:
     """Validate decoded wire rows and return them in `CDR_FIELDS` order.
 
     Fields the sender omits take the model's defaults; unknown fields are an error (a newer
-    agent talking to an older collector must be told, not silently truncated).
+    agent talking to an older collector must be told, not silently truncated). Enum fields stay
+    strings. Checks run a column at a time (fast); a column that fails is checked value by value
+    so the error names the first bad CDR and field. Rows sent in `CDR_FIELDS` order are
+    returned as they are, not copied.
     """
     unknown = [f for f in fields if f not in CDR_FIELDS]
     if unknown:
@@ -172,37 +221,34 @@ def check_rows(fields: Sequence[str], rows: Sequence[Any]) -> list[list[Any]]:
     missing = _REQUIRED - set(fields)
     if missing:
         raise WireError(f"required CDR fields missing: {sorted(missing)}")
-    index = {name: i for i, name in enumerate(fields)}
-    defaults: dict[str, Any] = {
-        "duration": 0,
-        "billsec": 0,
-        "disposition": "FAILED",
-        "direction": "unknown",
-        "caller": "",
-        "caller_name": "",
-        "callee": "",
-        "accountcode": "",
-        "extra": {},
-    }
-    out: list[list[Any]] = []
+    width = len(fields)
     for n, row in enumerate(rows):
-        if not isinstance(row, list) or len(row) != len(fields):
-            raise WireError(f"cdrs[{n}]: expected an array of {len(fields)} values")
-        checked: list[Any] = []
-        for name in CDR_FIELDS:
-            i = index.get(name)
-            value = row[i] if i is not None else defaults.get(name)
-            try:
-                checked.append(_check_value(name, value))
-            except WireError as exc:
-                raise WireError(f"cdrs[{n}]: {exc}") from None
-        out.append(checked)
+        if type(row) is not list or len(row) != width:
+            raise WireError(f"cdrs[{n}]: expected an array of {width} values")
+    if tuple(fields) == CDR_FIELDS:
+        out: list[list[Any]] = rows if isinstance(rows, list) else list(rows)
+    else:
+        index = [fields.index(name) if name in fields else None for name in CDR_FIELDS]
+        out = [
+            [row[i] if i is not None else _DEFAULTS.get(name) for i, name in zip(index, CDR_FIELDS)]
+            for row in rows
+        ]
+    for c, name in enumerate(CDR_FIELDS):
+        col = [row[c] for row in out]
+        if not _column_ok(name, col):
+            for n, value in enumerate(col):
+                try:
+                    _check_value(name, value)
+                except WireError as exc:
+                    raise WireError(f"cdrs[{n}]: {exc}") from None
     return out
 
 
 def row_to_cdr(row: Sequence[Any]) -> CDR:
     """A checked wire row (as returned by `check_rows`) back into a CDR."""
     values = dict(zip(CDR_FIELDS, row, strict=True))
+    values["disposition"] = Disposition(values["disposition"])
+    values["direction"] = Direction(values["direction"])
     for name in _TS:
         if values[name] is not None:
             values[name] = from_us(values[name])
