@@ -193,13 +193,14 @@ class Mapping:
 
     def decode(self, data: bytes) -> str:
         try:
-            return data.decode(self.encoding)
+            text = data.decode(self.encoding)
         except UnicodeDecodeError as exc:
             bad = data[exc.start : exc.start + 1]
             raise RecordError(
                 f"cannot be decoded as {self.encoding} (byte 0x{bad.hex()} at position "
                 f"{exc.start + 1}); set the `encoding` option (latin-1, cp1252...)"
             ) from None
+        return text[1:] if text.startswith("\ufeff") else text  # a byte-order mark
 
     def split(self, data: bytes) -> list[str]:
         """The values of one record; RecordError says why it cannot be cut."""
