@@ -1,9 +1,9 @@
 """Structured logs: one event per line, `logfmt` style, to stderr (journald picks it up).
 
-log = get_logger("cdrstats.agent.uplink")
-log.info("batch_acked", seq=12, cdrs=500, ms=31)
--> ts=2026-11-25T10:00:00.123Z level=info logger=cdrstats.agent.uplink
-   event=batch_acked seq=12 cdrs=500 ms=31   (one line)
+    log = get_logger("cdrstats.agent.uplink")
+    log.info("batch_acked", seq=12, cdrs=500, ms=31)
+    -> ts=2026-11-25T10:00:00.123Z level=info logger=cdrstats.agent.uplink
+       event=batch_acked seq=12 cdrs=500 ms=31   (one line)
 """
 
 from __future__ import annotations
