@@ -12,7 +12,7 @@ import grp
 import os
 import pwd
 import stat
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from cdrstats_agent.errors import ConfigError, SourceError
@@ -287,7 +287,7 @@ class CsvSource:
             start_at=self.start_at,
         )
 
-    async def read(self, checkpoint: str | None) -> AsyncIterator[ReadResult]:
+    async def read(self, checkpoint: str | None) -> AsyncGenerator[ReadResult, None]:
         follower = self._follower()
         try:
             follower.restore(checkpoint)

@@ -36,8 +36,8 @@ async def test_case(case: Path) -> None:
     if err_file.exists():
         with pytest.raises(ConfigError) as caught:
             make_source(options)
-        expected = err_file.read_text(encoding="utf-8").strip()
-        assert expected in str(caught.value)
+        message = err_file.read_text(encoding="utf-8").strip()
+        assert message in str(caught.value)
         return
 
     source = make_source(options)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -22,17 +24,19 @@ from cdrstats_csv.stamps import (
 PARIS = ZoneInfo("Europe/Paris")
 
 
-def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def utc(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0, us: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, us, tzinfo=UTC)
 
 
-def mapped(options: dict[str, object], line: bytes, header: tuple[str, ...] | None = None) -> CDR:
+def mapped(options: Mapping[str, Any], line: bytes, header: tuple[str, ...] | None = None) -> CDR:
     result = mapping_from_options(options).map_record(line, header)
     assert isinstance(result, CDR), result
     return result
 
 
-def rejected(options: dict[str, object], line: bytes) -> str:
+def rejected(options: Mapping[str, Any], line: bytes) -> str:
     result = mapping_from_options(options).map_record(line)
     assert isinstance(result, Rejection), result
     return result.reason
@@ -239,8 +243,8 @@ def test_header_binding_is_per_header() -> None:
     first = mapping.parse_header(b"when,from,other")
     second = mapping.parse_header(b"from,other,when")
     assert first == ("when", "from", "other") and second == ("from", "other", "when")
-    a = mapping.map_record(b"2024-01-01 00:00:00,100,x", first)  # type: ignore[arg-type]
-    b = mapping.map_record(b"200,y,2024-01-01 00:00:00", second)  # type: ignore[arg-type]
+    a = mapping.map_record(b"2024-01-01 00:00:00,100,x", first)
+    b = mapping.map_record(b"200,y,2024-01-01 00:00:00", second)
     assert isinstance(a, CDR) and isinstance(b, CDR)
     assert (a.caller, a.extra) == ("100", {"other": "x"})
     assert (b.caller, b.extra) == ("200", {"other": "y"})

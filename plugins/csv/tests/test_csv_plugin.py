@@ -104,7 +104,7 @@ def _check_as_unprivileged(path: Path) -> str:
     env = {
         "PATH": "/usr/bin:/bin",
         "PYTHONPATH": os.pathsep.join(
-            str(Path(m.__file__).resolve().parents[1]) for m in (cdrstats_csv, cdrstats_agent)
+            str(Path(str(m.__file__)).resolve().parents[1]) for m in (cdrstats_csv, cdrstats_agent)
         ),
     }
     if os.geteuid() != 0:
