@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -161,13 +162,19 @@ async def _check(config: Config) -> int:
         "identity",
         f"agent {identity.agent_id} (tenant {identity.tenant}, switch {identity.switch})",
     )
-    try:
-        store = SpoolStore(state_dir / SPOOL_FILE, max_bytes=config.agent.spool_max_bytes)
-        stats = store.stats()
-        store.close()
-        report.ok("spool", f"{stats.pending_cdrs} CDRs pending, {stats.batches} batches")
-    except SpoolError as exc:
-        report.fail("spool", str(exc))
+    spool_path = state_dir / SPOOL_FILE
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        report.fail("spool", f"{state_dir} is not writable by this user")
+    elif not spool_path.exists():
+        report.ok("spool", f"{spool_path} will be created at the first run")
+    else:
+        try:
+            store = SpoolStore(spool_path, max_bytes=config.agent.spool_max_bytes)
+            stats = store.stats()
+            store.close()
+            report.ok("spool", f"{stats.pending_cdrs} CDRs pending, {stats.batches} batches")
+        except SpoolError as exc:
+            report.fail("spool", str(exc))
     for url in config.collector.urls or (identity.url,):
         try:
             view = await fetch_agent_status(

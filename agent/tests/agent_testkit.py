@@ -117,8 +117,7 @@ class ListSource:
             yield ReadResult(cdrs, str(pos), rejected)
             if self.pause:
                 await asyncio.sleep(self.pause)
-        while True:  # like a real source: wait for more, forever
-            await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # like a real source: wait for more, forever
 
     async def close(self) -> None:
         self.closed = True
@@ -358,9 +357,9 @@ def identity_for(peer: CollectorPeer, url: str | None = None) -> tuple[Identity,
     return identity, key
 
 
-async def wait_until(predicate: Any, timeout: float = 10.0, what: str = "condition") -> None:
+async def wait_until(predicate: Any, within: float = 10.0, what: str = "condition") -> None:
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + within
     while not predicate():
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting for {what}")

@@ -18,11 +18,12 @@ import pytest
 from agent_testkit import keys_of_body, keys_of_packed, make_cdr
 from cdrstats_agent import spool as spool_mod
 from cdrstats_agent import wire
+from cdrstats_agent.model import CDR
 from cdrstats_agent.plugin import Rejected
 from cdrstats_agent.spool import Spool, SpoolStore
 
 
-def cdrs(start: int, stop: int) -> list:
+def cdrs(start: int, stop: int) -> list[CDR]:
     return [make_cdr(i) for i in range(start, stop)]
 
 
@@ -137,7 +138,8 @@ def test_renumber_after_last_seq(tmp_path: Path) -> None:
     assert store.batch_seqs() == [101, 102, 103]
     for old, new in pairs:
         b = store.batch(new)
-        assert b is not None and b.body == bodies[old - 1].body  # type: ignore[union-attr]
+        formed = bodies[old - 1]
+        assert b is not None and formed is not None and b.body == formed.body
     store.commit("a", cdrs(9, 10), "10")
     nxt = store.form_batch(3)
     assert nxt is not None and nxt.seq == 104

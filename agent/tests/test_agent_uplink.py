@@ -9,12 +9,14 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_testkit import CollectorPeer, dead_url, identity_for, make_cdr, wait_until
 from cdrstats_agent import wire
 from cdrstats_agent.spool import Spool
-from cdrstats_agent.uplink import Uplink, fetch_agent_status
+from cdrstats_agent.uplink import CollectorError, Uplink, fetch_agent_status
+from nacl.signing import SigningKey
 
 
 @pytest.fixture
@@ -41,9 +43,9 @@ async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
             await task
 
 
-def make_uplink(spool: Spool, peer: CollectorPeer, urls: list[str], **kw: object) -> Uplink:
+def make_uplink(spool: Spool, peer: CollectorPeer, urls: list[str], **kw: Any) -> Uplink:
     identity, key = identity_for(peer)
-    settings: dict[str, object] = {
+    settings: dict[str, Any] = {
         "batch_max_cdrs": 500,
         "batch_max_age_s": 0.05,
         "timeout_s": 5.0,
@@ -51,11 +53,11 @@ def make_uplink(spool: Spool, peer: CollectorPeer, urls: list[str], **kw: object
         "backoff_base_s": 0.01,
     }
     settings.update(kw)
-    return Uplink(spool, urls=urls, agent_id=identity.agent_id, key=key, **settings)  # type: ignore[arg-type]
+    return Uplink(spool, urls=urls, agent_id=identity.agent_id, key=key, **settings)
 
 
-async def drained(spool: Spool, timeout: float = 10.0) -> None:
-    await wait_until(lambda: spool.unbatched_cdrs == 0 and spool.batches == 0, timeout, "drain")
+async def drained(spool: Spool, within: float = 10.0) -> None:
+    await wait_until(lambda: spool.unbatched_cdrs == 0 and spool.batches == 0, within, "drain")
 
 
 def expect_all(peer: CollectorPeer, n: int) -> None:
@@ -120,8 +122,9 @@ async def test_409_renumbers_after_last_seq(spool: Spool, peer: CollectorPeer) -
 
 async def test_413_splits_the_batch(spool: Spool, peer: CollectorPeer) -> None:
     await fill(spool, 500)
-    await spool.form_batch(500)
-    one_batch = len(wire.seal_batch("agent-1", 1, (await spool.next_batch()).body, _key()))  # type: ignore[union-attr]
+    batch = await spool.form_batch(500)
+    assert batch is not None
+    one_batch = len(wire.seal_batch("agent-1", 1, batch.body, SigningKey.generate()))
     peer.state.max_body = one_batch * 2 // 3  # half a batch fits, a whole one does not
     uplink = make_uplink(spool, peer, [peer.url])
     async with running(uplink):
@@ -257,16 +260,9 @@ async def test_signed_status_request(peer: CollectorPeer) -> None:
     identity, key = identity_for(peer)
     view = await fetch_agent_status(peer.url, identity.agent_id, key)
     assert view["agent_id"] == "agent-1"
-    from cdrstats_agent.uplink import CollectorError
     from nacl.signing import SigningKey
 
     with pytest.raises(CollectorError, match="does not recognise"):
         await fetch_agent_status(peer.url, identity.agent_id, SigningKey.generate())
     with pytest.raises(CollectorError, match="cannot reach"):
         await fetch_agent_status(dead_url(), identity.agent_id, key)
-
-
-def _key():  # type: ignore[no-untyped-def]
-    from nacl.signing import SigningKey
-
-    return SigningKey.generate()
