@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,11 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from agent_testkit import make_cdr  # noqa: E402
-from nacl.signing import SigningKey  # noqa: E402
-
-from cdrstats_agent.spool import Spool  # noqa: E402
-from cdrstats_agent.uplink import Uplink  # noqa: E402
+from agent_testkit import make_cdr
+from cdrstats_agent.spool import Spool
+from cdrstats_agent.uplink import Uplink
+from nacl.signing import SigningKey
 
 PEER = """
 import json, sys
@@ -88,9 +86,9 @@ async def bench_commits(d: Path, total: int, per_commit: int) -> float:
 
 async def bench_pipeline(d: Path, total: int) -> None:
     port = 18000 + int(time.time()) % 1000
-    peer = subprocess.Popen([sys.executable, "-c", PEER, str(port)])
+    peer = await asyncio.create_subprocess_exec(sys.executable, "-c", PEER, str(port))
     try:
-        time.sleep(1.5)
+        await asyncio.sleep(1.5)
         spool = await Spool.open(d / "pipe.sqlite", sync="full", max_bytes=1 << 40)
         uplink = Uplink(
             spool,
@@ -109,7 +107,7 @@ async def bench_pipeline(d: Path, total: int) -> None:
             await spool.commit("src", pool, str(n))
             await spool.wait_for_room()
         committed = time.perf_counter() - t
-        while uplink.acked_cdrs < total:
+        while uplink.acked_cdrs < total:  # noqa: ASYNC110 - polling a counter is the point
             await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - t
         task.cancel()
@@ -124,7 +122,7 @@ async def bench_pipeline(d: Path, total: int) -> None:
         )
     finally:
         peer.terminate()
-        peer.wait()
+        await peer.wait()
 
 
 async def main() -> None:

@@ -12,10 +12,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import msgpack
-from nacl.signing import SigningKey
-
 from cdrstats_agent import wire
 from cdrstats_agent.model import CDR, Direction, Disposition
+from nacl.signing import SigningKey
 
 SEED = bytes(range(32))
 """The example's private key seed (0x00..0x1f). An example only: never use a known key."""
