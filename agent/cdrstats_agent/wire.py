@@ -230,7 +230,10 @@ def check_rows(fields: Sequence[str], rows: Sequence[Any]) -> list[list[Any]]:
     else:
         index = [fields.index(name) if name in fields else None for name in CDR_FIELDS]
         out = [
-            [row[i] if i is not None else _DEFAULTS.get(name) for i, name in zip(index, CDR_FIELDS)]
+            [
+                row[i] if i is not None else _DEFAULTS.get(name)
+                for i, name in zip(index, CDR_FIELDS, strict=True)
+            ]
             for row in rows
         ]
     for c, name in enumerate(CDR_FIELDS):

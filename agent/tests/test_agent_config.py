@@ -215,3 +215,19 @@ def test_cli_sample_config_unknown_plugin() -> None:
     result = run_cli("sample-config", "nosuchplugin")
     assert result.returncode == 2
     assert "no plugin named 'nosuchplugin'" in result.stderr
+
+
+def test_every_option_and_command_is_documented() -> None:
+    from dataclasses import fields
+
+    from cdrstats_agent.cli import _parser
+    from cdrstats_agent.config import AgentSettings, CollectorSettings
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    for settings in (AgentSettings, CollectorSettings):
+        for f in fields(settings):
+            assert f"| `{f.name}` |" in doc, f"docs/agent.md does not document {f.name}"
+    sub = next(a for a in _parser()._actions if a.dest == "command")
+    assert sub.choices is not None
+    for command in sub.choices:
+        assert f"| `{command}" in doc, f"docs/agent.md does not document {command}"
