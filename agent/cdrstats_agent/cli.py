@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -76,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(config: Config) -> int:
     setup_logging(config.agent.log_level)
+    if config.agent.log_level != "debug":  # httpx logs every request at info: too chatty
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     try:
         asyncio.run(run_agent(config, handle_signals=True))
     except (AgentError, SpoolError, IdentityError) as exc:
