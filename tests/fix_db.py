@@ -171,6 +171,7 @@ class CollectorServer:
         port: int | None = None,
         pool_timeout: float = 2.0,
         max_body_bytes: int | None = None,
+        log_level: str = "debug",
     ) -> None:
         self.database_url = database_url
         self.port = port or free_port()
@@ -182,6 +183,7 @@ class CollectorServer:
         if max_body_bytes is not None:
             lines.append(f"max_body_bytes = {max_body_bytes}")
         self.config_path.write_text("\n".join(lines) + "\n")
+        self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0, wait_healthy: bool = True) -> None:
@@ -205,7 +207,7 @@ class CollectorServer:
                     "--config",
                     str(self.config_path),
                     "--log-level",
-                    "debug",
+                    self.log_level,
                 ],
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@
     cdrstats db upgrade | db maintain
     cdrstats tenant add NAME [--timezone TZ]
     cdrstats user add USERNAME --role ROLE [--tenant T] [--password P]
+    cdrstats user passwd USERNAME [--password P]
     cdrstats agent-token create --tenant T --switch NAME [--ttl HOURS] [--url URL]
 
 Every command takes --database-url (else $CDRSTATS_DATABASE_URL, else [database] url in
@@ -114,6 +115,17 @@ def cmd_user_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_user_passwd(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    password = args.password or secrets.token_urlsafe(15)
+    with _connect(cfg) as conn:
+        users.set_password(conn, args.username, password)
+    print(f"password of {args.username!r} changed")
+    if not args.password:
+        print(f"password: {password}")
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     if args.ttl <= 0:
@@ -189,6 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     uadd.add_argument("--role", required=True, choices=users.ROLES)
     uadd.add_argument("--tenant", help="the user's tenant (all roles but superadmin)")
     uadd.add_argument("--password", help="default: a generated one, printed once")
+    upass = command(user, "passwd", cmd_user_passwd, "set a console user's password")
+    upass.add_argument("username")
+    upass.add_argument("--password", help="default: a generated one, printed once")
 
     token = sub.add_parser("agent-token", help="agent enrollment tokens").add_subparsers(
         dest="token_command", required=True, metavar="COMMAND"

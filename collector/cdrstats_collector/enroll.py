@@ -39,7 +39,9 @@ def create_token(
     conn: psycopg.Connection[Any], tenant_id: int, switch_id: int, ttl: timedelta = TOKEN_TTL
 ) -> str:
     """A new one-time enrollment token for the switch (only its hash is stored)."""
-    token = secrets.token_urlsafe(32)
+    # A fixed prefix: recognisable in logs and secret scanners, and never starts with "-"
+    # (a bare url-safe token sometimes does, and a command line takes it for an option).
+    token = "cdrs_" + secrets.token_urlsafe(32)
     with conn.transaction():
         conn.execute(
             "INSERT INTO agent_token (token_hash, tenant_id, switch_id, expires_at)"

@@ -350,6 +350,12 @@ class Ingestor:
         cur = await conn.execute(_MERGE_STAGING)
         return max(cur.rowcount, 0)
 
+    async def copy_rows(
+        self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]
+    ) -> None:
+        """Binary COPY of prepared rows straight into `cdr` (no dedup: fails on a duplicate)."""
+        await self._copy(conn, _COPY_CDR, rows)
+
     async def _copy(
         self, conn: psycopg.AsyncConnection[Any], statement: bytes, rows: Sequence[list[Any]]
     ) -> None:

@@ -55,3 +55,16 @@ def add_user(
     except pgerrors.UniqueViolation:
         raise AdminError(f"user {username!r} already exists") from None
     return int(row[0]) if row else 0
+
+
+def set_password(conn: psycopg.Connection[Any], username: str, password: str) -> None:
+    """Give an existing user a new password. Raises `AdminError` with the reason."""
+    if len(password) < MIN_PASSWORD:
+        raise InvalidArgument(f"the password must have at least {MIN_PASSWORD} characters")
+    with conn.transaction():
+        cur = conn.execute(
+            "UPDATE app_user SET password_hash = %s WHERE username = %s",
+            (hash_password(password), username),
+        )
+    if cur.rowcount != 1:
+        raise AdminError(f"no user named {username!r}")
