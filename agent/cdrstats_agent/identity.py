@@ -28,6 +28,7 @@ from nacl.signing import SigningKey
 from . import __version__, wire
 from .errors import IdentityError
 from .logs import get_logger
+from .uplink import error_text
 
 KEY_FILE = "agent.key"
 IDENTITY_FILE = "identity.json"
@@ -156,16 +157,6 @@ def load_agent(state_dir: Path) -> tuple[Identity, SigningKey]:
     return identity, load_key(state_dir)
 
 
-def _error_text(response: httpx.Response) -> str:
-    try:
-        doc = response.json()
-    except ValueError:
-        return response.text[:200].strip() or response.reason_phrase
-    if isinstance(doc, dict) and isinstance(doc.get("error"), str):
-        return str(doc["error"])
-    return str(doc)[:200]
-
-
 async def enroll(
     state_dir: Path,
     url: str,
@@ -198,12 +189,12 @@ async def enroll(
         raise IdentityError(f"cannot reach {url}: {type(exc).__name__}: {exc}") from None
     if response.status_code == 401:
         raise IdentityError(
-            f"{url} refused the enrollment token: {_error_text(response)}"
+            f"{url} refused the enrollment token: {error_text(response)}"
             " (tokens are single-use and expire; ask for a new one)"
         )
     if response.status_code != 201:
         raise IdentityError(
-            f"{url} answered {response.status_code} to the enrollment: {_error_text(response)}"
+            f"{url} answered {response.status_code} to the enrollment: {error_text(response)}"
         )
     identity = _identity_from(response, url)
     if force:

@@ -1,6 +1,6 @@
 """End-to-end HTTP ingest rate: real `cdrstats serve` subprocess, N agents sending at once.
 
-    .venv/bin/python collector/bench/http_ingest.py [--agents 2] [--batches 40] [--size 1000]
+    .venv/bin/python bench/http_ingest.py [--agents 2] [--batches 40] [--size 1000]
 
 Bodies are built and signed before the clock starts, so this measures the collector and
 PostgreSQL (HTTP, verify, decode, check, COPY, commit), not the agent.
@@ -23,7 +23,7 @@ from cdrstats_agent import wire
 from cdrstats_collector import embedded, migrate
 from psycopg import conninfo
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from store_copy import make_cdrs

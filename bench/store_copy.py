@@ -1,6 +1,6 @@
 """Measure the ingest transaction against raw binary COPY into the same table.
 
-    .venv/bin/python collector/bench/store_copy.py [--database-url URL] [--batches 30]
+    .venv/bin/python bench/store_copy.py [--database-url URL] [--batches 30]
 
 Creates a scratch database (dropped at the end) on the given server (default: the embedded
 one under var/test-pg) and prints rows/s for:

@@ -1,6 +1,6 @@
 """Measure the agent's spool and uplink on this machine (prints figures, asserts nothing).
 
-    .venv/bin/python agent/scripts/bench_spool.py [--cdrs 200000]
+    .venv/bin/python bench/spool.py [--cdrs 200000]
 
 1. spool commits through the asyncio face (worker thread), sync=full, 100 and 1000 CDRs each
 2. batch formation (5000 CDRs a batch) + ack
@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent" / "tests"))
 
 from agent_testkit import make_cdr
 from cdrstats_agent.spool import Spool
