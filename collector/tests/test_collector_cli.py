@@ -135,6 +135,20 @@ def test_user_add(database_url: str, capsys: pytest.CaptureFixture[str]) -> None
     assert code == 2 and "needs --tenant" in err
 
 
+def test_user_passwd(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    url = ("--database-url", database_url)
+    assert run(capsys, "user", "add", "root", "--role", "superadmin", *url)[0] == 0
+    code, out, _ = run(capsys, "user", "passwd", "root", *url)
+    assert code == 0
+    password = out.split("password: ")[1].strip()
+    assert run(capsys, "user", "passwd", "root", "--password", "short", *url)[0] == 2
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT password_hash FROM app_user WHERE username = 'root'").fetchone()
+    assert row is not None and users.verify_password(row[0], password)
+    code, _, err = run(capsys, "user", "passwd", "nobody", "--password", "long enough pw", *url)
+    assert code != 0 and "no user named 'nobody'" in err
+
+
 def test_no_database_url_is_exit_2(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
