@@ -12,8 +12,12 @@ stored()        what PostgreSQL holds for one agent: rows, distinct keys, and th
                 `accepted` / `duplicates` of its batch acks (`ingest_batch.ack`).
 wait_for()      poll a condition with a deadline; on timeout fail with a diagnostic text.
 
-Fixture `agent_factory(workdir, cdr_dir, collector_url, **settings)`: builds AgentProcess
-objects and SIGKILLs whatever still runs at teardown.
+GateProxy       a TCP proxy between agent and collector that can hold the next request or the
+                next answer, so that a test kills the agent while a batch is in flight.
+
+Fixtures: `agent_factory(workdir, cdr_dir, collector_url, **settings)` builds AgentProcess
+objects and SIGKILLs whatever still runs at teardown; `gate_proxy_factory(url)` starts a
+GateProxy to a collector URL.
 """
 
 from __future__ import annotations
@@ -21,15 +25,18 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import psycopg
@@ -41,6 +48,8 @@ from cdrstats_agent.synthetic import (
     asterisk_csv_line,
     asterisk_csv_row,
 )
+
+from tests.fix_proxy import TcpProxy
 
 BIN = Path(sys.executable).parent
 AGENT = str(BIN / "cdrstats-agent")
@@ -251,8 +260,7 @@ chunk_cdrs = {chunk_cdrs}
         try:
             db.execute("BEGIN")  # one snapshot for all the counts
             read, rejected = db.execute(
-                "SELECT coalesce(sum(read_count), 0), coalesce(sum(rejected_count), 0)"
-                " FROM source"
+                "SELECT coalesce(sum(read_count), 0), coalesce(sum(rejected_count), 0) FROM source"
             ).fetchone()
             (unbatched,) = db.execute("SELECT coalesce(sum(cdrs), 0) FROM chunk").fetchone()
             batches, batch_cdrs = db.execute(
@@ -380,5 +388,87 @@ def wait_for(
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{diagnostics()}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {what}\n{diagnostics()}"
+            )
         time.sleep(every)
+
+
+# --- a network path that can hold a request or an answer in flight -------------------------
+
+
+class GateProxy(TcpProxy):
+    """A TCP proxy (agent → collector) that can hold the next request or the next answer.
+
+        proxy.hold("response")            # the next answer stops in the proxy
+        proxy.wait_held("response", 30)   # the collector has answered (committed): in flight
+        agent.kill(); proxy.release()     # the ack is lost with the agent
+
+    `hold("request")` stops the next request before the collector sees it instead.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        super().__init__(target)
+        self._gate = threading.Condition()
+        self._holding = {"request": False, "response": False}
+        self._held = {"request": 0, "response": 0}
+        self.held_total = {"request": 0, "response": 0}
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def hold(self, direction: str) -> None:
+        with self._gate:
+            self._holding[direction] = True
+
+    def wait_held(self, direction: str, timeout: float) -> bool:
+        with self._gate:
+            return self._gate.wait_for(lambda: self._held[direction] > 0, timeout)
+
+    def release(self) -> None:
+        with self._gate:
+            self._holding = {"request": False, "response": False}
+            self._gate.notify_all()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            direction = "request" if src.getsockname()[1] == self.port else "response"
+            while data := src.recv(65536):
+                with self._gate:
+                    if self._holding[direction]:
+                        self._held[direction] += 1
+                        self.held_total[direction] += 1
+                        self._gate.notify_all()
+                        self._gate.wait_for(lambda: not self._holding[direction])
+                        self._held[direction] -= 1
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+            with self._lock:
+                self._conns.difference_update((src, dst))
+
+
+@pytest.fixture
+def gate_proxy_factory() -> Iterator[Callable[[str], GateProxy]]:
+    """`make(url)`: a started GateProxy to the host:port of `url`; stopped at teardown."""
+    made: list[GateProxy] = []
+
+    def make(url: str) -> GateProxy:
+        parts = urlsplit(url)
+        proxy = GateProxy((parts.hostname or "127.0.0.1", parts.port or 80))
+        proxy.start()
+        made.append(proxy)
+        return proxy
+
+    try:
+        yield make
+    finally:
+        for proxy in made:
+            proxy.release()
+            proxy.stop()
