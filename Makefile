@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 DISTS := agent collector[embedded] web plugins/csv plugins/freeswitch plugins/asterisk plugins/kamailio
+PACKAGES := agent/cdrstats_agent collector/cdrstats_collector web/cdrstats_web \
+	plugins/csv/cdrstats_csv plugins/freeswitch/cdrstats_freeswitch \
+	plugins/asterisk/cdrstats_asterisk plugins/kamailio/cdrstats_kamailio
 SOURCES := $(wildcard */pyproject.toml plugins/*/pyproject.toml) requirements-dev.txt
 
 .PHONY: demo test check lint bench clean
@@ -23,7 +26,7 @@ test: $(STAMP) lint
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy agent/cdrstats_agent collector/cdrstats_collector plugins/csv/cdrstats_csv
+	$(BIN)/mypy $(PACKAGES)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
