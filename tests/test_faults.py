@@ -534,11 +534,6 @@ def test_same_calls_in_a_second_file(
 # --- an upload cut halfway -------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="collector bug: starlette's ClientDisconnect raised in ingest.read_bounded is not"
-    " handled by ingest._ingest: logged as request_failed with a traceback, answered 500",
-)
 def test_upload_cut_halfway_is_not_a_server_error(collector_server: CollectorServer) -> None:
     """An agent killed (or a network cut) in the middle of sending a batch: the collector drops
     the request like any other refused one, without an error and its traceback in the log

@@ -14,7 +14,7 @@ import psycopg
 from cdrstats_agent import logs, wire
 from nacl.exceptions import BadSignatureError
 from psycopg_pool import PoolTimeout
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from . import replies, store
@@ -66,6 +66,11 @@ async def _ingest(request: Request, state: CollectorState) -> tuple[str, Respons
         data = await read_bounded(request, limit)
     except _TooLarge:
         return "too_large", replies.error(413, f"batch larger than {limit} bytes: split it")
+    except ClientDisconnect:
+        # The agent went away mid-upload (killed, network cut): nothing was read, nothing is
+        # stored, and the agent resends the batch from its spool. Nobody reads this answer.
+        log.info("upload_cut", received="partial")
+        return "client_gone", replies.error(400, "upload cut before the body was complete")
 
     try:
         envelope = wire.unseal(data, "cdr_batch")

@@ -15,6 +15,7 @@ BATCH_RESULTS = (
     "unauthorized",
     "too_large",
     "unavailable",
+    "client_gone",
 )
 
 
