@@ -319,6 +319,20 @@ class Mapping:
         except _Reject as exc:
             return Rejection(exc.reason)
 
+    def map_values(self, values: list[str], raw: bytes) -> CDR | Rejection:
+        """One CDR from values already split (a database row as text, in a layout's order).
+
+        `raw` stands for the record's bytes: it feeds the content-hash key when the key
+        columns are empty. Used by plugins that read tables with the same column names.
+        """
+        bound = self._bound_for(len(values), None)
+        if isinstance(bound, Rejection):
+            return bound
+        try:
+            return self._map(raw, values, bound)
+        except _Reject as exc:
+            return Rejection(exc.reason)
+
     @staticmethod
     def _where(bound: _Bound, index: int) -> str:
         if bound.named:
