@@ -6,6 +6,7 @@
     cdrstats user add USERNAME --role ROLE [--tenant T] [--password P]
     cdrstats user passwd USERNAME [--password P]
     cdrstats agent-token create --tenant T --switch NAME [--ttl HOURS] [--url URL]
+    cdrstats api-token create --user NAME [--label TEXT] [--ttl-days DAYS]
 
 Every command takes --database-url (else $CDRSTATS_DATABASE_URL, else [database] url in
 /etc/cdrstats/collector.toml or the --config file) and --embedded [DIR] (an embedded
@@ -28,7 +29,7 @@ import psycopg
 from cdrstats_agent import logs
 from cdrstats_agent.errors import ConfigError
 
-from . import embedded, enroll, maintenance, migrate, settings, tenants, users
+from . import auth, embedded, enroll, maintenance, migrate, settings, tenants, users
 
 
 class UsageError(Exception):
@@ -144,6 +145,19 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_token_create(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    if args.ttl_days is not None and args.ttl_days <= 0:
+        raise UsageError("--ttl-days must be a positive number of days")
+    ttl = None if args.ttl_days is None else timedelta(days=args.ttl_days)
+    with _connect(cfg) as conn:
+        token = auth.create_token(conn, args.user, args.label, ttl)
+    lifetime = "no expiry" if ttl is None else f"valid {args.ttl_days:g} days"
+    print(f"API token for user {args.user!r} ({lifetime}); it is shown only once:")
+    print(token)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -213,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     tcreate.add_argument("--switch", required=True, help="switch name (created if missing)")
     tcreate.add_argument("--ttl", type=float, default=24.0, help="hours (default 24)")
     tcreate.add_argument("--url", help="collector URL agents use (default from settings)")
+
+    api_token = sub.add_parser("api-token", help="HTTP API tokens").add_subparsers(
+        dest="api_token_command", required=True, metavar="COMMAND"
+    )
+    acreate = command(api_token, "create", cmd_api_token_create, "create an API bearer token")
+    acreate.add_argument("--user", required=True, help="the console user the token acts as")
+    acreate.add_argument("--label", default="", help="a note to recognise the token by")
+    acreate.add_argument("--ttl-days", type=float, help="lifetime in days (default: no expiry)")
     return parser
 
 

@@ -1,0 +1,151 @@
+"""API authentication (tokens, sessions), tenant scoping, and row-level security in SQL."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+from cdrstats_collector import auth, cli, tenants, users
+from collector_api_testkit import seed_two_tenants
+from psycopg import errors as pgerrors
+from starlette.exceptions import HTTPException
+
+
+def test_token_is_stored_hashed_and_shown_once(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tid = tenants.add_tenant(conn, "acme")
+        users.add_user(conn, "alice", "tenant_viewer", "correct horse 1", "acme")
+        token = auth.create_token(conn, "alice", "laptop")
+        assert token.startswith(auth.TOKEN_PREFIX)
+        rows = conn.execute("SELECT token_hash, label FROM api_token").fetchall()
+    assert rows == [(auth.hash_token(token), "laptop")]
+    assert token.encode() not in rows[0][0]
+    assert tid > 0
+
+
+def test_token_for_unknown_user_and_bad_ttl(database_url: str) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        with pytest.raises(tenants.AdminError, match="no user named 'ghost'"):
+            auth.create_token(conn, "ghost")
+        tenants.add_tenant(conn, "acme")
+        users.add_user(conn, "alice", "tenant_viewer", "correct horse 1", "acme")
+        with pytest.raises(tenants.InvalidArgument, match="lifetime must be positive"):
+            auth.create_token(conn, "alice", ttl=timedelta(0))
+        assert conn.execute("SELECT count(*) FROM api_token").fetchone() == (0,)
+
+
+def test_cli_api_token_create(
+    database_url: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CDRSTATS_DATABASE_URL", raising=False)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tenants.add_tenant(conn, "acme")
+        users.add_user(conn, "alice", "tenant_admin", "correct horse 1", "acme")
+    code = cli.main(["api-token", "create", "--user", "alice", "--database-url", database_url])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    token = out.strip().splitlines()[-1]
+    assert token.startswith("cdrs_api_")
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM api_token WHERE token_hash = %s", (auth.hash_token(token),)
+        ).fetchone() == (1,)
+    code = cli.main(["api-token", "create", "--user", "nobody", "--database-url", database_url])
+    _, err = capsys.readouterr()
+    assert code == 1 and "no user named 'nobody'" in err
+    code = cli.main(
+        [
+            "api-token",
+            "create",
+            "--user",
+            "alice",
+            "--ttl-days",
+            "-1",
+            "--database-url",
+            database_url,
+        ]
+    )
+    _, err = capsys.readouterr()
+    assert code == 2 and "--ttl-days" in err
+
+
+def _p(role: str, tenant: int | None) -> auth.Principal:
+    return auth.Principal(1, "u", role, tenant)
+
+
+def test_tenant_scope_rules() -> None:
+    admin = _p("superadmin", None)
+    assert auth.tenant_scope(admin, "7") == 7
+    assert auth.tenant_scope(admin, 3) == 3
+    with pytest.raises(auth.ParamError) as missing:
+        auth.tenant_scope(admin, None)
+    assert missing.value.status_code == 422 and missing.value.param == "tenant"
+    for bad in ("x", "-1", "0", "1.5"):
+        with pytest.raises(auth.ParamError):
+            auth.tenant_scope(admin, bad)
+    viewer = _p("tenant_viewer", 5)
+    assert auth.tenant_scope(viewer, None) == 5
+    assert auth.tenant_scope(viewer, "5") == 5
+    with pytest.raises(HTTPException) as other:
+        auth.tenant_scope(viewer, "6")
+    assert other.value.status_code == 404
+    with pytest.raises(auth.ParamError):
+        auth.tenant_scope(viewer, "abc")
+
+
+def _visible(conn: psycopg.Connection[Any], table: str, tenant: int | None) -> list[Any]:
+    with conn.transaction():
+        conn.execute("SET LOCAL ROLE cdrstats_reader")
+        if tenant is not None:
+            conn.execute("SELECT set_config('cdrstats.tenant_id', %s, true)", (str(tenant),))
+        return conn.execute(f"SELECT DISTINCT tenant_id FROM {table} ORDER BY 1").fetchall()
+
+
+def test_rls_hides_other_tenants_rows_in_sql(database_url: str) -> None:
+    seed = seed_two_tenants(database_url)
+    a, b = seed.tenant_a, seed.tenant_b
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        assert conn.execute("SELECT count(DISTINCT tenant_id) FROM cdr").fetchone() == (2,)
+        assert _visible(conn, "cdr", a) == [(a,)]
+        assert _visible(conn, "cdr", b) == [(b,)]
+        assert _visible(conn, "cdr", None) == []  # no tenant set: nothing at all
+        assert _visible(conn, "switch", a) == [(a,)]
+        with conn.transaction():
+            conn.execute("SET LOCAL ROLE cdrstats_reader")
+            conn.execute("SELECT set_config('cdrstats.tenant_id', %s, true)", (str(a),))
+            # a query that "forgets" its tenant condition still sees one tenant
+            rows = conn.execute("SELECT count(*) FROM cdr WHERE tenant_id = %s", (b,)).fetchone()
+            assert rows == (0,)
+            assert conn.execute("SELECT id FROM tenant").fetchall() == [(a,)]
+        # partitions are not readable directly (they would not apply the parent's policies)
+        part = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = 'cdr'::regclass LIMIT 1"
+        ).fetchone()
+        assert part is not None
+        for secret_table in (part[0], "api_token", "app_user", "agent"):
+            with pytest.raises(pgerrors.InsufficientPrivilege), conn.transaction():
+                conn.execute("SET LOCAL ROLE cdrstats_reader")
+                conn.execute(f"SELECT * FROM {secret_table}")
+        # the reader cannot write
+        with pytest.raises(pgerrors.InsufficientPrivilege), conn.transaction():
+            conn.execute("SET LOCAL ROLE cdrstats_reader")
+            conn.execute("SELECT set_config('cdrstats.tenant_id', %s, true)", (str(a),))
+            conn.execute("DELETE FROM cdr")
+        assert conn.execute("SELECT count(DISTINCT tenant_id) FROM cdr").fetchone() == (2,)
+
+
+def test_rls_is_forced_for_tables_with_tenant_id(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition"
+            " AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid"
+            "             AND a.attname = 'tenant_id' AND NOT a.attisdropped)"
+            " AND c.relname NOT IN ('agent', 'agent_token', 'app_user', 'api_token')"
+        ).fetchall()
+    assert rows, "no tenant tables found"
+    assert [r for r in rows if not (r[1] and r[2])] == []
