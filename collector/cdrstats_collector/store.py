@@ -53,7 +53,15 @@ NOTIFY_CHANNEL = "cdr_ingest"
 _RENAMED = {"start": "start_time", "answer": "answer_time", "end": "end_time"}
 CDR_COLUMNS: tuple[str, ...] = tuple(_RENAMED.get(f, f) for f in CDR_FIELDS)
 """`cdr` columns in wire field order (what `wire.check_rows` returns)."""
-COPY_COLUMNS: tuple[str, ...] = (*CDR_COLUMNS, "tenant_id", "switch_id", "agent_id")
+DEST_COLUMNS: tuple[str, ...] = ("dest_country", "dest_kind", "dest_prefix")
+"""Filled by the collector (classify.py), never sent by agents."""
+COPY_COLUMNS: tuple[str, ...] = (
+    *CDR_COLUMNS,
+    "tenant_id",
+    "switch_id",
+    "agent_id",
+    *DEST_COLUMNS,
+)
 _FIELD_OF_COLUMN = {col: field for field, col in zip(CDR_FIELDS, CDR_COLUMNS, strict=True)}
 
 _TYPES = {
@@ -250,7 +258,7 @@ class Ingestor:
         if len(self._inet) > 50_000:
             self._inet.clear()
         inet = self._inet
-        tail = (agent.tenant_id, agent.switch_id, agent.id.bytes)
+        tail = (agent.tenant_id, agent.switch_id, agent.id.bytes, None, None, None)
         for i, row in enumerate(rows):
             if len(row[0]) > MAX_KEY_CHARS:
                 raise BadRows(f"cdrs[{i}]: key is longer than {MAX_KEY_CHARS} characters")
