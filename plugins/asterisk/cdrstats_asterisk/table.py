@@ -1,0 +1,456 @@
+"""Reading Asterisk's `cdr` table from MariaDB/MySQL, PostgreSQL or SQLite.
+
+One `Dialect` per database (connect, quote, stream a query); one `TableSource` does the rest:
+it re-reads the lookback window of the table every `interval` seconds, admits each row once
+through a `Window` (window.py), maps it with the csv plugin's Asterisk mapping, and yields
+`ReadResult`s whose checkpoint is the window's JSON.
+
+Blocking driver calls run in threads (`asyncio.to_thread`); one connection per `read()`,
+closed when the reader stops. Errors are raised (the agent restarts the source from its last
+checkpoint); `SourceError` for what an operator must fix.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass, replace
+from datetime import date, datetime, timedelta, tzinfo
+from decimal import Decimal
+from typing import Any, Protocol
+
+from cdrstats_agent.errors import SourceError
+from cdrstats_agent.logs import get_logger
+from cdrstats_agent.model import CDR
+from cdrstats_agent.plugin import ReadResult, Rejected
+from cdrstats_csv.mapping import FieldInput
+from cdrstats_csv.mapping import Mapping as CsvMapping
+
+from .window import Value, Window, digest
+
+log = get_logger("cdrstats.plugins.asterisk")
+
+STORES = ("mysql", "pgsql", "sqlite", "mysql-legacy")
+LOGGED_REJECTS_PER_CHUNK = 20
+
+
+class Cursor(Protocol):
+    def fetchmany(self, size: int = ...) -> Sequence[Sequence[Any]]: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the table is: the driver options of one store."""
+
+    store: str
+    table: str
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = "asterisk"
+    password: str = ""
+    database: str = "asterisk"
+    unix_socket: str | None = None
+    conninfo: str = ""
+    path: str = ""
+    connect_timeout: float = 10.0
+
+    def describe(self) -> str:
+        if self.store == "sqlite":
+            return f"sqlite {self.path} table {self.table}"
+        if self.store == "pgsql":
+            return f"postgresql {_hide_password(self.conninfo)} table {self.table}"
+        where = self.unix_socket or f"{self.host}:{self.port}"
+        return f"mysql {self.user}@{where}/{self.database} table {self.table}"
+
+
+def _hide_password(conninfo: str) -> str:
+    try:
+        from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+        params = conninfo_to_dict(conninfo)
+        if "password" in params:
+            params["password"] = "***"
+        return make_conninfo(**{k: str(v) for k, v in params.items() if v is not None})
+    except Exception:
+        return "(conninfo)"
+
+
+class Dialect:
+    """The database-specific part: connecting, quoting, parameters, streaming."""
+
+    placeholder = "%s"
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    def quote(self, name: str) -> str:
+        return ".".join(f'"{part}"' for part in name.split("."))
+
+    def param(self, value: Value) -> Any:
+        return value
+
+    def stream(self, db: Any, sql: str, params: tuple[Any, ...]) -> tuple[Cursor, list[str]]:
+        cur = db.cursor()
+        cur.execute(sql, params)
+        return cur, [d[0] for d in cur.description]
+
+    def end_stream(self, db: Any, cur: Cursor) -> None:
+        cur.close()
+
+    def scalar(self, db: Any, sql: str) -> Any:
+        cur = db.cursor()
+        try:
+            cur.execute(sql)
+            row = cur.fetchone()
+            return None if row is None else row[0]
+        finally:
+            cur.close()
+
+
+class MySQLDialect(Dialect):
+    def connect(self) -> Any:
+        import pymysql
+
+        c = self.conn
+        try:
+            return pymysql.connect(
+                host=c.host,
+                port=c.port,
+                user=c.user,
+                password=c.password,
+                database=c.database,
+                unix_socket=c.unix_socket,
+                charset="utf8mb4",
+                autocommit=True,  # each poll sees what is committed (no REPEATABLE READ snapshot)
+                connect_timeout=max(1, int(c.connect_timeout)),
+            )
+        except pymysql.err.OperationalError as exc:
+            code = exc.args[0] if exc.args else 0
+            if code in (1044, 1045, 1049):  # access denied, unknown database
+                raise SourceError(f"{c.describe()}: {exc.args[1]}") from None
+            raise
+
+    def quote(self, name: str) -> str:
+        return ".".join(f"`{part}`" for part in name.split("."))
+
+    def stream(self, db: Any, sql: str, params: tuple[Any, ...]) -> tuple[Cursor, list[str]]:
+        import pymysql.cursors
+
+        cur = db.cursor(pymysql.cursors.SSCursor)  # rows stream from the server
+        cur.execute(sql, params)
+        return cur, [d[0] for d in cur.description]
+
+
+class PostgresDialect(Dialect):
+    def connect(self) -> Any:
+        import psycopg
+
+        try:
+            return psycopg.connect(
+                self.conn.conninfo, connect_timeout=int(self.conn.connect_timeout)
+            )
+        except psycopg.OperationalError as exc:
+            text = str(exc)
+            if "password authentication failed" in text or "does not exist" in text:
+                raise SourceError(f"{self.conn.describe()}: {text.strip()}") from None
+            raise
+
+    def stream(self, db: Any, sql: str, params: tuple[Any, ...]) -> tuple[Cursor, list[str]]:
+        cur = db.cursor(name="cdrstats_asterisk")  # a server-side cursor: rows stream
+        cur.itersize = 2000
+        cur.execute(sql, params)
+        if cur.description is None:  # named cursors describe after the first fetch
+            cur.fetchmany(0)
+        return cur, [d[0] for d in cur.description]
+
+    def end_stream(self, db: Any, cur: Cursor) -> None:
+        cur.close()
+        db.commit()  # ends the transaction: the next poll sees newer commits
+
+    def scalar(self, db: Any, sql: str) -> Any:
+        value = super().scalar(db, sql)
+        db.commit()
+        return value
+
+
+class SQLiteDialect(Dialect):
+    placeholder = "?"
+
+    def connect(self) -> Any:
+        path = self.conn.path
+        try:
+            db = sqlite3.connect(
+                f"file:{path}?mode=ro",
+                uri=True,
+                check_same_thread=False,  # used from worker threads, one at a time
+                isolation_level=None,
+                timeout=max(1.0, self.conn.connect_timeout),
+            )
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1")
+        except sqlite3.OperationalError as exc:
+            raise SourceError(f"{self.conn.describe()}: {exc}") from None
+        return db
+
+    def param(self, value: Value) -> Any:
+        # cdr_sqlite3_custom stores what its `values` template gives: text stamps.
+        if isinstance(value, datetime):
+            return value.isoformat(sep=" ")
+        return value
+
+
+DIALECTS: dict[str, type[Dialect]] = {
+    "mysql": MySQLDialect,
+    "mysql-legacy": MySQLDialect,
+    "pgsql": PostgresDialect,
+    "sqlite": SQLiteDialect,
+}
+
+
+def text_value(value: Any) -> str:
+    """A column value as cdr_csv would write it (dates `YYYY-MM-DD HH:MM:SS`, unset empty)."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return "" if value.startswith("0000-00-00") else value
+    if isinstance(value, datetime):
+        return value.isoformat(sep=" ")
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, Decimal):
+        return str(value.normalize()) if value == value.to_integral() else str(value)
+    return str(value)
+
+
+def cursor_value(value: Any, kind: str) -> Value:
+    """The cursor column's value as an int (id) or datetime (time); ValueError if neither."""
+    if kind == "id":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, (str, Decimal)) and str(value).strip().isdigit():
+            return int(str(value).strip())
+        raise ValueError(f"{value!r:.40} is not an integer id")
+    if isinstance(value, datetime):
+        return value
+    if isinstance(value, str) and value.strip() and not value.startswith("0000-00-00"):
+        return datetime.fromisoformat(value.strip())
+    raise ValueError(f"{value!r:.40} is not a time")
+
+
+class TableSource:
+    """A `cdr` table read through a lookback window (see window.py and the plugin docs)."""
+
+    def __init__(
+        self,
+        name: str,
+        conn: Connection,
+        mapping: CsvMapping,
+        *,
+        cursor_column: str,
+        kind: str,
+        lookback: float,
+        zone: tzinfo | None,
+        src_ip_field: str | None,
+        interval: float,
+        chunk_cdrs: int,
+        start_at: str,
+    ) -> None:
+        self.name = name
+        self.conn = conn
+        self.dialect = DIALECTS[conn.store](conn)
+        self.mapping = mapping
+        self.cursor_column = cursor_column
+        self.kind = kind
+        self.lookback = lookback
+        self.zone = zone
+        self.src_ip_field = src_ip_field
+        self.interval = interval
+        self.chunk_cdrs = chunk_cdrs
+        self.start_at = start_at
+        self.stats = {"rows": 0, "cdrs": 0, "rejected": 0, "polls": 0}
+        self._mappings: dict[tuple[str, ...], CsvMapping] = {}
+
+    # --- SQL ----------------------------------------------------------------------------
+
+    def _select(self, lower: Value | None) -> tuple[str, tuple[Any, ...]]:
+        q, col = self.dialect.quote, self.dialect.quote(self.cursor_column)
+        sql = f"SELECT * FROM {q(self.conn.table)} WHERE {col} IS NOT NULL"
+        params: tuple[Any, ...] = ()
+        if lower is not None:
+            sql += f" AND {col} >= {self.dialect.placeholder}"
+            params = (self.dialect.param(lower),)
+        return sql + f" ORDER BY {col}", params
+
+    def _max_sql(self) -> str:
+        q = self.dialect.quote
+        return f"SELECT MAX({q(self.cursor_column)}) FROM {q(self.conn.table)}"
+
+    # --- check --------------------------------------------------------------------------
+
+    async def check(self) -> None:
+        await asyncio.to_thread(self._check)
+
+    def _check(self) -> None:
+        db = self._connect()
+        try:
+            sql, params = self._select(None)
+            try:
+                cur, names = self.dialect.stream(db, sql + " LIMIT 1", params)
+                cur.fetchmany(1)
+                self.dialect.end_stream(db, cur)
+            except Exception as exc:
+                raise SourceError(f"{self.conn.describe()}: {_error_text(exc)}") from None
+            self._mapping_for(names)
+        finally:
+            db.close()
+
+    def _connect(self) -> Any:
+        try:
+            return self.dialect.connect()
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise SourceError(f"{self.conn.describe()}: {_error_text(exc)}") from None
+
+    def _mapping_for(self, names: list[str]) -> CsvMapping:
+        key = tuple(n.lower() for n in names)
+        mapping = self._mappings.get(key)
+        if mapping is not None:
+            return mapping
+        if self.cursor_column.split(".")[-1].lower() not in key:
+            raise SourceError(
+                f"{self.conn.describe()}: no column {self.cursor_column!r} "
+                f"(columns: {', '.join(key)})"
+            )
+        fields = dict(self.mapping.spec.fields)
+        if "calldate" in key and "start" not in key:  # cdr_mysql, cdr_sqlite3_custom
+            fields["start"] = (FieldInput("calldate"),)
+        if self.src_ip_field is not None:
+            if self.src_ip_field.lower() not in key:
+                raise SourceError(
+                    f"{self.conn.describe()}: src_ip_field {self.src_ip_field!r} is not a "
+                    f"column (columns: {', '.join(key)})"
+                )
+            fields["src_ip"] = (FieldInput(self.src_ip_field.lower()),)
+        if "start" not in key and "calldate" not in key and "end" not in key:
+            raise SourceError(
+                f"{self.conn.describe()}: neither start, calldate nor end is a column: "
+                "this is not an Asterisk cdr table"
+            )
+        mapping = CsvMapping(replace(self.mapping.spec, fields=fields, layouts=(key,)))
+        self._mappings[key] = mapping
+        return mapping
+
+    # --- read ---------------------------------------------------------------------------
+
+    async def read(self, checkpoint: str | None) -> AsyncGenerator[ReadResult, None]:
+        window = Window(self.kind, self.lookback, self.zone)
+        if checkpoint is not None:
+            try:
+                window.load(json.loads(checkpoint))
+            except ValueError as exc:
+                raise SourceError(
+                    f"source {self.name}: cannot resume from checkpoint: {exc}"
+                ) from None
+        db = await asyncio.to_thread(self._connect)
+        try:
+            last = checkpoint
+            if checkpoint is None and self.start_at == "end":
+                top = await asyncio.to_thread(self.dialect.scalar, db, self._max_sql())
+                if top is not None:
+                    window.top = cursor_value(top, self.kind)
+                    window.settle()
+                    async for _ in self._poll(db, window, silent=True):
+                        pass
+                last = window.dumps()
+                yield ReadResult([], last)
+            while True:
+                async for result in self._poll(db, window):
+                    if result.cdrs or result.rejected or result.checkpoint != last:
+                        last = result.checkpoint
+                        yield result
+                self.stats["polls"] += 1
+                await asyncio.sleep(self.interval)
+        finally:
+            await asyncio.to_thread(db.close)
+
+    async def _poll(
+        self, db: Any, window: Window, silent: bool = False
+    ) -> AsyncGenerator[ReadResult, None]:
+        sql, params = self._select(window.lower_bound())
+        cur, names = await asyncio.to_thread(self.dialect.stream, db, sql, params)
+        try:
+            mapping = self._mapping_for(names)
+            index = [n.lower() for n in names].index(self.cursor_column.split(".")[-1].lower())
+            while True:
+                rows = await asyncio.to_thread(cur.fetchmany, self.chunk_cdrs)
+                if not rows:
+                    break
+                cdrs, rejected = self._admit(rows, index, mapping, window, silent)
+                window.settle()
+                yield ReadResult(cdrs, window.dumps(), rejected)
+        finally:
+            await asyncio.to_thread(self.dialect.end_stream, db, cur)
+
+    def _admit(
+        self,
+        rows: Sequence[Sequence[Any]],
+        index: int,
+        mapping: CsvMapping,
+        window: Window,
+        silent: bool,
+    ) -> tuple[list[CDR], list[Rejected]]:
+        cdrs: list[CDR] = []
+        rejected: list[Rejected] = []
+        for row in rows:
+            values = [text_value(v) for v in row]
+            raw = "\x1f".join(values).encode()
+            problem = ""
+            try:
+                value = cursor_value(row[index], self.kind)
+            except ValueError as exc:
+                # Placed at the top of the window so it is reported once, not every poll.
+                value = window.top if window.top is not None else _origin(self.kind)
+                problem = f"column {self.cursor_column!r}: {exc}"
+            if not window.admit(value, digest(raw)) or silent:
+                continue
+            self.stats["rows"] += 1
+            where = f"{self.conn.table}:{self.cursor_column}={values[index] or 'NULL'}"
+            if problem:
+                rejected.append(Rejected(where, problem))
+                continue
+            try:
+                result = mapping.map_values(values, raw)
+            except Exception as exc:  # a bug must cost one row, not the table
+                log.error("map_failed", exc_info=True, source=self.name, where=where)
+                rejected.append(Rejected(where, f"internal error while mapping: {exc!r}"))
+                continue
+            if isinstance(result, CDR):
+                cdrs.append(result)
+            else:
+                rejected.append(Rejected(where, result.reason))
+        self.stats["cdrs"] += len(cdrs)
+        self.stats["rejected"] += len(rejected)
+        for item in rejected[:LOGGED_REJECTS_PER_CHUNK]:
+            log.warning("row_rejected", source=self.name, where=item.where, reason=item.reason)
+        return cdrs, rejected
+
+    async def close(self) -> None:
+        pass
+
+
+def _origin(kind: str) -> Value:
+    return 0 if kind == "id" else datetime(1970, 1, 1) + timedelta(0)
+
+
+def _error_text(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return " ".join(text.split())
