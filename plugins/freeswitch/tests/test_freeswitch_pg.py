@@ -141,7 +141,7 @@ async def test_check_names_the_problem(fs_pg: str, pg_admin_url: str) -> None:
     with psycopg.connect(fs_pg, autocommit=True) as conn:
         conn.execute("CREATE TABLE cdr_noid (uuid uuid, start_stamp timestamptz)")
     source = make_source({"store": "pg", "dsn": fs_pg, "table": "cdr_noid"})
-    with pytest.raises(SourceError, match="no column 'id'.*id serial primary key"):
+    with pytest.raises(SourceError, match=r"no column 'id'.*id serial primary key"):
         await source.check()
     source = make_source({"store": "pg", "dsn": "host=127.0.0.1 port=1 connect_timeout=2"})
     with pytest.raises(SourceError, match="cannot connect to PostgreSQL"):

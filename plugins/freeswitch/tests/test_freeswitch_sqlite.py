@@ -209,7 +209,7 @@ async def test_bad_rows_are_rejected_with_their_rowid(tmp_path: Path) -> None:
 
 async def test_check_names_the_problem(tmp_path: Path) -> None:
     missing = make_source({**OPTS, "path": str(tmp_path / "cdr.db")})
-    with pytest.raises(SourceError, match="no such database.*mod_cdr_sqlite"):
+    with pytest.raises(SourceError, match=r"no such database.*mod_cdr_sqlite"):
         await missing.check()
     sqlite3.connect(tmp_path / "other.db").close()
     no_table = make_source({**OPTS, "path": str(tmp_path / "other.db")})
