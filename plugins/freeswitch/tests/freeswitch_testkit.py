@@ -37,9 +37,14 @@ def make_source(options: Mapping[str, Any], name: str = "fs") -> FreeswitchSourc
 # --- CDRs as the switch writes them -------------------------------------------------------
 
 
-def call_variables(n: int, *, answered: bool = True, zone: ZoneInfo = PARIS) -> dict[str, str]:
-    """The variables of call number `n` (deterministic), as mod_cdr_* would substitute them."""
-    start = datetime(2026, 3, 1, 10, 0, 0, tzinfo=zone) + timedelta(minutes=n)
+def call_variables(
+    n: int, *, answered: bool = True, zone: ZoneInfo = PARIS, base: datetime | None = None
+) -> dict[str, str]:
+    """The variables of call number `n` (deterministic), as mod_cdr_* would substitute them.
+
+    Calls start at `base` (default 2026-03-01 10:00 local) plus `n` minutes."""
+    first = base.astimezone(zone) if base else datetime(2026, 3, 1, 10, 0, 0, tzinfo=zone)
+    start = first + timedelta(minutes=n)
     ring = 3 + n % 5
     talk = (30 + n % 300) if answered else 0
     answer = start + timedelta(seconds=ring) if answered else None
