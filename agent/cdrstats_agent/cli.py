@@ -18,6 +18,7 @@ from . import __version__, plugin
 from .config import DEFAULT_CONFIG_PATH, Config, load_config, sample_config, url_problem
 from .errors import ConfigError, IdentityError
 from .identity import enroll, load_agent
+from .live import read_status_file as read_live_status
 from .logs import setup as setup_logging
 from .runner import AgentError, run_agent
 from .spool import SPOOL_FILE, SpoolError, SpoolStore
@@ -240,6 +241,7 @@ async def _status(config: Config) -> int:
     configured = {sc.name for sc in config.sources} - {s.name for s in sources}
     for name in sorted(configured):
         print(f"source {name}: not read yet")
+    _print_live(config)
     try:
         identity, key = load_agent(state_dir)
     except IdentityError as exc:
@@ -258,6 +260,31 @@ async def _status(config: Config) -> int:
             f" last_seen {view.get('last_seen')}"
         )
     return 0
+
+
+def _print_live(config: Config) -> None:
+    """Calls in progress as the running agent last wrote them (`state_dir/live.json`)."""
+    doc = read_live_status(config.agent.state_dir)
+    if doc is None:
+        return
+    raw = doc.get("sources")
+    sources: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    calls = sum(int(v.get("calls", 0)) for v in sources.values() if isinstance(v, dict))
+    running = "" if doc.get("running") else " (agent not running)"
+    at = doc.get("updated_at")
+    when = _ago(float(at)) if isinstance(at, int | float) else "-"
+    print(
+        f"live: {calls} calls in progress, {doc.get('sent_messages', 0)} messages sent,"
+        f" {doc.get('dropped_events', 0)} events dropped, collector {doc.get('collector')},"
+        f" updated {when}{running}"
+    )
+    for name, view in sorted(sources.items()):
+        if isinstance(view, dict):
+            flags = [] if view.get("running") else ["live() not running"]
+            if view.get("resync"):
+                flags.append("waiting for a snapshot")
+            extra = f" ({', '.join(flags)})" if flags else ""
+            print(f"  live {name}: {view.get('calls', 0)} calls{extra}")
 
 
 def _one_line(exc: BaseException) -> str:

@@ -55,6 +55,16 @@ class CollectorSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class LiveSettings:
+    """The `[live]` table: streaming of calls in progress (sources that have `live()`)."""
+
+    enabled: bool = True
+    flush_interval_s: float = 0.5
+    flush_max_events: int = 200
+    queue_max_events: int = 10000
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
     """One `[[source]]` table: its name, plugin and the source the plugin built from it."""
 
@@ -69,6 +79,7 @@ class Config:
     agent: AgentSettings = field(default_factory=AgentSettings)
     collector: CollectorSettings = field(default_factory=CollectorSettings)
     sources: tuple[SourceConfig, ...] = ()
+    live: LiveSettings = field(default_factory=LiveSettings)
     path: str = "<memory>"
 
 
@@ -119,9 +130,11 @@ def _build(doc: dict[str, Any], path: str, plugins: Mapping[str, Plugin] | None)
     agent_table = top.table("agent", {})
     collector_table = top.table("collector", {})
     source_tables = top.table_list("source", [])
+    live_table = top.table("live", {})
     top.finish()
     agent = _agent(Options(agent_table, "agent"))
     collector = _collector(Options(collector_table, "collector"))
+    live = _live(Options(live_table, "live"))
     sources: list[SourceConfig] = []
     seen: dict[str, int] = {}
     for i, table in enumerate(source_tables):
@@ -133,7 +146,7 @@ def _build(doc: dict[str, Any], path: str, plugins: Mapping[str, Plugin] | None)
             )
         seen[sc.name] = i
         sources.append(sc)
-    return Config(agent=agent, collector=collector, sources=tuple(sources), path=path)
+    return Config(agent=agent, collector=collector, sources=tuple(sources), path=path, live=live)
 
 
 def _agent(opts: Options) -> AgentSettings:
@@ -168,6 +181,21 @@ def _collector(opts: Options) -> CollectorSettings:
     if settings.batch_max_cdrs > 1_000_000:
         raise opts.error(
             "batch_max_cdrs", f"must be at most 1000000, got {settings.batch_max_cdrs}"
+        )
+    opts.finish()
+    return settings
+
+
+def _live(opts: Options) -> LiveSettings:
+    settings = LiveSettings(
+        enabled=opts.flag("enabled", True),
+        flush_interval_s=_positive(opts, "flush_interval_s", 0.5),
+        flush_max_events=opts.integer("flush_max_events", 200, minimum=1),
+        queue_max_events=opts.integer("queue_max_events", 10000, minimum=1),
+    )
+    if settings.flush_interval_s > 60:
+        raise opts.error(
+            "flush_interval_s", f"must be at most 60, got {settings.flush_interval_s:g}"
         )
     opts.finish()
     return settings
@@ -243,6 +271,12 @@ batch_max_cdrs = 5000
 batch_max_age_s = 1.0
 timeout_s = 30
 backoff_max_s = 60
+
+[live]                              # calls in progress, for sources whose plugin has live()
+enabled = true
+flush_interval_s = 0.5              # events are sent together at most this often
+flush_max_events = 200              # ... or as soon as this many wait
+queue_max_events = 10000            # per source; past this, wait for the source's next snapshot
 
 {plugin.sample_config.strip()}
 """

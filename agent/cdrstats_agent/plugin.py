@@ -17,7 +17,9 @@ Life of a source (see docs/plugins.md for a worked example):
    rejected rows, or a new position after skipping data).
 4. Optionally `Source.live()` yields `LiveEvent`s (call started/answered/ended, snapshots), and
    `Source.actions()` declares verbs the plugin executes natively (for example Kamailio's
-   htable ban for `block_ip`).
+   htable ban for `block_ip`). See `LiveSource` and `ActionSource` below, and
+   docs/plugins.md ("Live calls", "Actions"); `supports_live(source)` and
+   `native_actions(source)` tell the agent which of them a source has.
 """
 
 from __future__ import annotations
@@ -52,9 +54,58 @@ class ReadResult:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+LIVE_KINDS = ("started", "answered", "ended", "snapshot")
+"""The values of `LiveEvent.kind`."""
+LIVE_DIRECTIONS = ("inbound", "outbound", "internal", "unknown")
+LIVE_STATES = ("ringing", "answered")
+LIVE_TEXT_KEYS = (
+    "caller",
+    "callee",
+    "caller_name",
+    "accountcode",
+    "src_ip",
+    "trunk",
+    "user_agent",
+    "read_codec",
+    "write_codec",
+)
+"""Keys of `LiveEvent.data` (and of each snapshot call) whose value is a string."""
+LIVE_TIME_KEYS = ("start", "answer")
+"""Keys whose value is a UNIX epoch in seconds (int or float)."""
+LIVE_INT_KEYS = ("hangup_cause", "sip_code")
+"""Keys whose value is an int (meaningful on `ended`)."""
+LIVE_DATA_KEYS = (*LIVE_TEXT_KEYS, "direction", "state", *LIVE_TIME_KEYS, *LIVE_INT_KEYS)
+"""Every key `LiveEvent.data` may hold; all are optional. The agent forwards only these."""
+
+
 @dataclass(frozen=True, slots=True)
 class LiveEvent:
-    """A live call event: `started`, `answered`, `ended`, or a `snapshot` of all calls."""
+    """A live call event: `started`, `answered`, `ended`, or a `snapshot` of all calls.
+
+    kind     one of `LIVE_KINDS`.
+    call_id  the switch's id of the call (FreeSWITCH A-leg uuid, Asterisk linkedid/uniqueid,
+             Kamailio Call-ID + from-tag, like the CDR natural key where possible); unused
+             for a snapshot.
+    at       UNIX epoch seconds (float) when the switch saw the event.
+    data     for started/answered/ended, every key optional (`LIVE_DATA_KEYS`):
+             caller, callee, caller_name, accountcode, src_ip, trunk, user_agent, read_codec,
+             write_codec (str); direction ("inbound" | "outbound" | "internal" | "unknown");
+             state ("ringing" | "answered"); start, answer (epoch seconds, float);
+             hangup_cause (int, Q.850) and sip_code (int), on "ended".
+    calls    for a snapshot: one mapping per call in progress, each with "call_id" plus the
+             same keys as `data`. A snapshot REPLACES the whole live state of its source: it
+             is how the collector resynchronises after anything was lost.
+
+    Examples:
+
+        LiveEvent("started", "a1b2", 1764064800.25,
+                  {"caller": "1001", "callee": "33142278000", "direction": "outbound",
+                   "state": "ringing", "src_ip": "192.0.2.10"})
+        LiveEvent("answered", "a1b2", 1764064804.0, {"answer": 1764064804.0})
+        LiveEvent("ended", "a1b2", 1764064834.0, {"hangup_cause": 16, "sip_code": 200})
+        LiveEvent("snapshot", at=1764064830.0,
+                  calls=({"call_id": "a1b2", "caller": "1001", "state": "answered"},))
+    """
 
     kind: str
     call_id: str = ""
@@ -64,7 +115,15 @@ class LiveEvent:
 
 
 ActionHandler = Callable[[Mapping[str, Any]], Awaitable[str]]
-"""A native action: receives the command's arguments, returns a one-line result."""
+"""A native action: receives the command's arguments, returns a one-line result.
+
+It raises an exception (with an operator-readable message) when the action failed.
+"""
+
+BLOCK_ACTIONS = ("block_ip", "unblock_ip")
+"""The block verbs. `block_ip` args: {"ip": str (checked with `ipaddress`), "ttl": int seconds};
+`unblock_ip` args: {"ip": str}. A plugin with a native blocklist (Kamailio htable) declares
+both; a plugin without one declares neither and the agent's host firewall backend is used."""
 
 
 @runtime_checkable
@@ -82,6 +141,63 @@ class Source(Protocol):
 
     async def close(self) -> None:
         """Release connections and files."""
+
+
+@runtime_checkable
+class LiveSource(Protocol):
+    """A source that also reports calls in progress (optional; see `LiveEvent`)."""
+
+    name: str
+
+    def live(self) -> AsyncIterator[LiveEvent]:
+        """Yield live events until cancelled.
+
+        Send a snapshot first (on every (re)connect) and then periodically (configurable,
+        default every 30 s): the collector forgets a source's calls when nothing came from its
+        `live()` for a while (3 x 30 s by default), and the agent, after losing events (queue
+        overflow, collector unreachable), forwards nothing from the source until its next
+        snapshot. On a lost connection to the switch, retry with backoff inside `live()` and
+        log clearly; raise `SourceError` only for what retrying cannot fix (the agent logs it
+        and calls `live()` again later, with backoff). `live()` never affects CDR reading.
+        """
+        ...
+
+
+@runtime_checkable
+class ActionSource(Protocol):
+    """A source that executes remote actions natively (optional)."""
+
+    name: str
+
+    def actions(self) -> Mapping[str, ActionHandler]:
+        """Verb name -> async handler(args) -> one-line result (see `BLOCK_ACTIONS`)."""
+        ...
+
+
+def supports_live(source: object) -> bool:
+    """Whether `source` has a `live()` method (its calls in progress can be streamed)."""
+    return callable(getattr(source, "live", None))
+
+
+def native_actions(source: object) -> Mapping[str, ActionHandler]:
+    """The actions `source` executes natively (empty when it declares none).
+
+    A plugin whose `actions()` raises or returns something else than a mapping is treated
+    as having none (the error propagates only from `actions()` itself: callers log it).
+    """
+    method = getattr(source, "actions", None)
+    if not callable(method):
+        return {}
+    found = method()
+    if not isinstance(found, Mapping):
+        return {}
+    return {str(k): v for k, v in found.items() if callable(v)}
+
+
+def has_native_block(source: object) -> bool:
+    """Whether `source` blocks IPs itself (declares both `block_ip` and `unblock_ip`)."""
+    actions = native_actions(source)
+    return all(verb in actions for verb in BLOCK_ACTIONS)
 
 
 class Plugin(Protocol):

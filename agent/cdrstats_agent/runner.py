@@ -9,6 +9,11 @@ raises, or whose `read` ends, is logged and started again with backoff from its 
 checkpoint. When the spool is full the sources are not read (backpressure: the switch's own
 store is the buffer). Stopping (SIGTERM/SIGINT, or `stop` set) cancels the tasks; a commit in
 progress completes first, so nothing is lost and nothing is read twice.
+
+Sources that have `live()` also stream their calls in progress (`live.py`): one more task per
+such source, plus the live sender, all independent of the CDR tasks (a failing `live()` is
+restarted with backoff and never stops the source's CDR reading). `[live] enabled = false`
+turns this off.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import os
 import random
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +35,9 @@ from nacl.signing import SigningKey
 from .config import Config
 from .errors import IdentityError
 from .identity import Identity, ensure_state_dir, load_agent
+from .live import LiveChannel
 from .logs import get_logger
-from .plugin import Source
+from .plugin import Source, supports_live
 from .spool import SPOOL_FILE, Spool
 from .uplink import Uplink
 
@@ -93,6 +99,8 @@ class Agent:
         self._transport = transport
         self.spool: Spool | None = None
         self.uplink: Uplink | None = None
+        self.live: LiveChannel | None = None
+        """The live channel, when a source has `live()` and `[live]` is enabled."""
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         """Set once the spool is open and the tasks run (tests wait on it)."""
@@ -139,16 +147,39 @@ class Agent:
                 backoff_max_s=c.backoff_max_s,
                 transport=self._transport,
             )
+            live_sources = [s for s in self.sources if supports_live(s)]
+            if live_sources and self.config.live.enabled:
+                self.live = LiveChannel(
+                    self.config.live,
+                    urls=urls,
+                    agent_id=identity.agent_id,
+                    key=key,
+                    state_dir=settings.state_dir,
+                    timeout_s=c.timeout_s,
+                    backoff_max_s=c.backoff_max_s,
+                    transport=self._transport,
+                )
             log.info(
                 "agent_started",
                 agent=identity.agent_id,
                 sources=",".join(s.name for s in self.sources) or "-",
+                live=",".join(s.name for s in live_sources) if self.live else "-",
                 collector=",".join(urls),
                 state_dir=str(settings.state_dir),
             )
             for source in self.sources:
                 tasks.append(asyncio.create_task(self._run_source(source), name=source.name))
             tasks.append(asyncio.create_task(self._run_uplink(self.uplink), name="uplink"))
+            if self.live is not None:
+                live = self.live
+                for source in live_sources:
+                    tasks.append(
+                        asyncio.create_task(live.run_source(source), name=f"live:{source.name}")
+                    )
+                tasks.append(asyncio.create_task(self._keep_running(live.run_sender), name="live"))
+                tasks.append(
+                    asyncio.create_task(self._keep_running(live.run_status), name="live-status")
+                )
             self.started.set()
             waits = [asyncio.create_task(self._stop.wait())]
             if stop is not None:
@@ -171,6 +202,8 @@ class Agent:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.live is not None:
+            await self.live.write_status(running=False)
         for source in self.sources:
             try:
                 await source.close()
@@ -243,6 +276,24 @@ class Agent:
                 failures += 1
                 log.error("uplink_failed", error=f"{type(exc).__name__}: {exc}", exc_info=True)
                 await asyncio.sleep(self._restart_delay(failures))
+
+    async def _keep_running(self, run: Callable[[], Awaitable[None]]) -> None:
+        """Run a loop that should never end; log and restart it with backoff if it does."""
+        failures = 0
+        while True:
+            try:
+                await run()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.error(
+                    "task_failed",
+                    task=getattr(run, "__name__", "?"),
+                    error=f"{type(exc).__name__}: {exc}",
+                    exc_info=True,
+                )
+            failures += 1
+            await asyncio.sleep(self._restart_delay(failures))
 
 
 def _is_operator_error(exc: Exception) -> bool:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -28,6 +29,15 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from .model import CDR, CDR_FIELDS, Direction, Disposition
+from .plugin import (
+    LIVE_DATA_KEYS,
+    LIVE_DIRECTIONS,
+    LIVE_INT_KEYS,
+    LIVE_KINDS,
+    LIVE_STATES,
+    LIVE_TEXT_KEYS,
+    LIVE_TIME_KEYS,
+)
 
 PROTOCOL_VERSION = 1
 MAX_BODY_BYTES = 32 * 1024 * 1024
@@ -597,3 +607,257 @@ def iter_chunks(
         size += len(item)
     if start < len(items):
         yield items[start:]
+
+
+# --- live calls (agent → collector; not spooled) ------------------------------------------------
+#
+#   envelope = {"v": 1, "type": "live", "agent": id, "payload": bin, "sig": bin}
+#   payload  = {"agent": id, "stream": str, "seq": int, "sent_at": µs,
+#               "sources": [{"source": name, "events": [event, ...]}, ...]}
+#   event    = {"kind": "started" | "answered" | "ended", "call_id": str, "at": µs, "data": map}
+#            | {"kind": "snapshot", "at": µs, "calls": [map with "call_id" + data keys, ...]}
+# `stream` is random per agent run and `seq` counts the run's live messages from 1; the collector
+# applies a message only when it is newer than the last one applied for the agent (see
+# docs/protocol.md, "Live calls"). Data keys and their types are those of plugin.LiveEvent.
+
+# The data keys are plugin.LIVE_DATA_KEYS (the plugin contract), imported at the top.
+_LIVE_KEYS = frozenset(LIVE_DATA_KEYS)
+LIVE_MAX_TEXT = 1024
+"""Longest call id, source name part or data string accepted (characters)."""
+LIVE_MAX_STREAM = 64
+
+
+@dataclass(frozen=True, slots=True)
+class LiveStream:
+    """The events of one source in a live message, in the order the source yielded them."""
+
+    source: str
+    events: list[dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class LiveMessage:
+    agent: str
+    stream: str
+    seq: int
+    sent_at: int
+    sources: list[LiveStream]
+
+    @property
+    def event_count(self) -> int:
+        return sum(len(s.events) for s in self.sources)
+
+
+def epoch_to_us(value: float) -> int:
+    """UNIX epoch seconds (int or float) to integer µs."""
+    return round(value * 1_000_000)
+
+
+def check_live_value(key: str, value: Any) -> Any:
+    """Check one live data value on the wire; raises WireError saying what is wrong."""
+    if key in LIVE_TEXT_KEYS:
+        if type(value) is not str:
+            raise WireError(f"{key} must be a string, got {type(value).__name__}")
+        if len(value) > LIVE_MAX_TEXT:
+            raise WireError(f"{key} is longer than {LIVE_MAX_TEXT} characters")
+        if key == "src_ip":
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise WireError(f"src_ip {value!r:.60} is not an IP address") from None
+    elif key == "direction":
+        if value not in LIVE_DIRECTIONS:
+            raise WireError(f"direction {value!r:.40} is not one of {list(LIVE_DIRECTIONS)}")
+    elif key == "state":
+        if value not in LIVE_STATES:
+            raise WireError(f"state {value!r:.40} is not one of {list(LIVE_STATES)}")
+    elif key in LIVE_TIME_KEYS:
+        if type(value) is not int or not (0 <= value < 2**53):
+            raise WireError(f"{key} must be an integer of microseconds since the epoch")
+    elif key in LIVE_INT_KEYS:
+        if type(value) is not int or not (0 <= value <= _INT_LIMIT):
+            raise WireError(f"{key} must be a non-negative integer, got {value!r:.40}")
+    else:
+        raise WireError(f"unknown live data key {key!r:.60}")
+    return value
+
+
+def _check_live_map(doc: Any, where: str, *, with_call_id: bool) -> None:
+    if not isinstance(doc, dict):
+        raise WireError(f"{where} must be a map")
+    for key, value in doc.items():
+        if with_call_id and key == "call_id":
+            continue
+        if not isinstance(key, str):
+            raise WireError(f"{where}: keys must be strings")
+        try:
+            check_live_value(key, value)
+        except WireError as exc:
+            raise WireError(f"{where}.{key}: {exc}") from None
+    if with_call_id:
+        _check_call_id(doc.get("call_id"), f"{where}.call_id")
+
+
+def _check_call_id(value: Any, where: str) -> None:
+    if type(value) is not str or not value:
+        raise WireError(f"{where} must be a non-empty string")
+    if len(value) > LIVE_MAX_TEXT:
+        raise WireError(f"{where} is longer than {LIVE_MAX_TEXT} characters")
+
+
+def check_live_event(event: Any, where: str = "event") -> None:
+    """Check one wire event (a map); raises WireError naming the place and the problem."""
+    if not isinstance(event, dict):
+        raise WireError(f"{where} must be a map")
+    kind = event.get("kind")
+    if kind not in LIVE_KINDS:
+        raise WireError(f"{where}.kind {kind!r:.40} is not one of {list(LIVE_KINDS)}")
+    at = event.get("at")
+    if type(at) is not int or not (0 <= at < 2**53):
+        raise WireError(f"{where}.at must be an integer of microseconds since the epoch")
+    if kind == "snapshot":
+        allowed = {"kind", "at", "calls"}
+        calls = event.get("calls")
+        if not isinstance(calls, list):
+            raise WireError(f"{where}.calls must be an array")
+        for n, call in enumerate(calls):
+            _check_live_map(call, f"{where}.calls[{n}]", with_call_id=True)
+    else:
+        allowed = {"kind", "at", "call_id", "data"}
+        _check_call_id(event.get("call_id"), f"{where}.call_id")
+        _check_live_map(event.get("data", {}), f"{where}.data", with_call_id=False)
+    unknown = sorted(str(k) for k in event if k not in allowed)
+    if unknown:
+        raise WireError(f"{where}: unknown keys {unknown} for a {kind!r} event")
+
+
+def seal_live(
+    agent: str,
+    stream: str,
+    seq: int,
+    sources: Sequence[LiveStream],
+    key: SigningKey,
+    sent_at: int | None = None,
+) -> bytes:
+    """A signed `live` envelope carrying wire events (as `live_event_to_wire` builds them)."""
+    payload = {
+        "agent": agent,
+        "stream": stream,
+        "seq": seq,
+        "sent_at": now_us() if sent_at is None else sent_at,
+        "sources": [{"source": s.source, "events": s.events} for s in sources],
+    }
+    return seal("live", agent, payload, key)
+
+
+def live_payload(envelope: Envelope) -> dict[str, Any]:
+    """The decoded payload of a `live` envelope whose signature was already verified."""
+    try:
+        payload = msgpack.unpackb(envelope.payload, raw=False)
+    except Exception as exc:
+        raise WireError(f"payload is not valid msgpack: {exc}") from None
+    if not isinstance(payload, dict):
+        raise WireError("payload must be a map")
+    return payload
+
+
+def check_live_payload(payload: dict[str, Any], signer: str) -> LiveMessage:
+    """Check a decoded `live` payload entirely (every event); raises WireError naming where."""
+    agent, stream, seq, sent_at, sources = (
+        payload.get(k) for k in ("agent", "stream", "seq", "sent_at", "sources")
+    )
+    if agent != signer:
+        raise WireError("payload agent differs from envelope agent")
+    if type(stream) is not str or not (0 < len(stream) <= LIVE_MAX_STREAM):
+        raise WireError(f"stream must be a string of 1 to {LIVE_MAX_STREAM} characters")
+    if type(seq) is not int or not (1 <= seq < 2**63):
+        raise WireError("seq must be a positive integer")
+    if type(sent_at) is not int:
+        raise WireError("sent_at must be an integer of microseconds")
+    if not isinstance(sources, list):
+        raise WireError("sources must be an array")
+    out: list[LiveStream] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(sources):
+        where = f"sources[{i}]"
+        if not isinstance(entry, dict) or set(entry) != {"source", "events"}:
+            raise WireError(f"{where} must be a map with 'source' and 'events'")
+        name, events = entry["source"], entry["events"]
+        if type(name) is not str or not (0 < len(name) <= 64):
+            raise WireError(f"{where}.source must be a string of 1 to 64 characters")
+        if name in seen:
+            raise WireError(f"{where}.source {name!r} appears twice")
+        seen.add(name)
+        if not isinstance(events, list):
+            raise WireError(f"{where}.events must be an array")
+        for n, event in enumerate(events):
+            check_live_event(event, f"{where}.events[{n}]")
+        out.append(LiveStream(name, events))
+    return LiveMessage(agent, stream, seq, sent_at, out)
+
+
+def live_event_to_wire(event: Any) -> tuple[dict[str, Any], list[str]]:
+    """A plugin's `LiveEvent` as a wire event, and the problems found in it.
+
+    Lenient where the collector is strict: a data value of the wrong type, an unknown key or
+    a snapshot call without a call id is left out and reported in the returned list (so that
+    one bad field from a plugin does not lose the whole message). An event that cannot be
+    forwarded at all (unknown kind, no call id, no time) raises WireError.
+    """
+    problems: list[str] = []
+    kind = getattr(event, "kind", None)
+    if kind not in LIVE_KINDS:
+        raise WireError(f"live event kind {kind!r:.40} is not one of {list(LIVE_KINDS)}")
+    at = getattr(event, "at", None)
+    if isinstance(at, bool) or not isinstance(at, int | float) or not (0 <= at < 2**53 / 1e6):
+        raise WireError(f"live {kind} event: 'at' must be epoch seconds, got {at!r:.40}")
+    out: dict[str, Any] = {"kind": kind, "at": epoch_to_us(at)}
+    if kind == "snapshot":
+        calls: list[dict[str, Any]] = []
+        for n, call in enumerate(getattr(event, "calls", ()) or ()):
+            if not isinstance(call, Mapping):
+                problems.append(f"calls[{n}] is not a mapping")
+                continue
+            call_id = call.get("call_id")
+            if not isinstance(call_id, str) or not call_id or len(call_id) > LIVE_MAX_TEXT:
+                problems.append(f"calls[{n}].call_id {call_id!r:.40} is not a usable call id")
+                continue
+            clean = _clean_data(call, problems, f"calls[{n}].", skip="call_id")
+            clean["call_id"] = call_id
+            calls.append(clean)
+        out["calls"] = calls
+        return out, problems
+    call_id = getattr(event, "call_id", None)
+    if not isinstance(call_id, str) or not call_id or len(call_id) > LIVE_MAX_TEXT:
+        raise WireError(f"live {kind} event: call_id {call_id!r:.40} is not a usable call id")
+    out["call_id"] = call_id
+    data = getattr(event, "data", None) or {}
+    if not isinstance(data, Mapping):
+        problems.append("data is not a mapping")
+        data = {}
+    out["data"] = _clean_data(data, problems, "data.")
+    return out, problems
+
+
+def _clean_data(
+    data: Mapping[Any, Any], problems: list[str], where: str, skip: str = ""
+) -> dict[str, Any]:
+    clean: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == skip or value is None:
+            continue
+        if key not in _LIVE_KEYS:
+            problems.append(f"{where}{key!s:.40}: not a live data key (left out)")
+            continue
+        if (
+            key in LIVE_TIME_KEYS
+            and not isinstance(value, bool)
+            and isinstance(value, int | float)
+            and 0 <= value < 2**53 / 1e6
+        ):
+            value = epoch_to_us(value)
+        try:
+            clean[key] = check_live_value(key, value)
+        except WireError as exc:
+            problems.append(f"{where}{exc} (left out)")
+    return clean

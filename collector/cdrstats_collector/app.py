@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import maintenance, metrics, replies
+from . import live, maintenance, metrics, replies
 from .agents import AgentDirectory
 from .enroll import enroll_endpoint, status_endpoint
 from .ingest import ingest_endpoint
@@ -103,6 +103,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/v1/ingest", ingest_endpoint, methods=["POST"]),
         Route("/api/v1/enroll", enroll_endpoint, methods=["POST"]),
         Route("/api/v1/agent/status", status_endpoint, methods=["GET"]),
+        Route("/api/v1/live", live.live_endpoint, methods=["POST"]),
+        Route("/api/v1/live/calls", live.live_calls_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         # The web console (cdrstats_web) will be mounted here, e.g. Mount("/", web_app).

@@ -1,4 +1,5 @@
-"""Periodic upkeep: cdr partitions ahead of time, old `ingest_batch` rows pruned.
+"""Periodic upkeep: cdr partitions ahead of time, old `ingest_batch` rows pruned, expired live
+sources (and their calls) deleted.
 
 Run by every `cdrstats serve` (at start, then every hour) and by `cdrstats db maintain`.
 Safe to run from several collectors at once (partition creation takes an advisory lock).
@@ -11,13 +12,14 @@ from typing import Any
 
 import psycopg
 
-from . import partitions
+from . import live, partitions
 
 
 @dataclass(frozen=True, slots=True)
 class Report:
     partitions_ensured: int
     batches_pruned: int
+    live_sources_pruned: int = 0
 
 
 async def run(
@@ -36,4 +38,5 @@ async def run(
             (batch_keep_days,),
         )
         pruned = max(cur.rowcount, 0)
-    return Report(len(months), pruned)
+    live_pruned = await live.prune(conn)
+    return Report(len(months), pruned, live_pruned)

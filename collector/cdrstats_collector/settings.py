@@ -19,6 +19,10 @@ The database URL comes from, in order: `--database-url`, the environment variabl
     [maintenance]
     batch_keep_days = 30      # ingest_batch rows (redelivery memory) kept this long
     months_ahead = 2          # cdr partitions created ahead of the current month
+
+    [live]
+    stale_s = 90              # a source's live calls are forgotten after this long without
+                              # news from it (keep >= 3 x the plugins' snapshot interval)
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class Settings:
     batch_keep_days: int = 30
     months_ahead: int = 2
     maintenance_interval_s: float = 3600.0
+    live_stale_s: float = 90.0
 
     @property
     def url(self) -> str:
@@ -82,6 +87,7 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
     db = Options(top.table("database", {}), "database")
     server = Options(top.table("server", {}), "server")
     maint = Options(top.table("maintenance", {}), "maintenance")
+    live = Options(top.table("live", {}), "live")
     top.finish()
     file_url = db.text("url", None)
     defaults = Settings(database_url="")
@@ -95,8 +101,9 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
         "clock_window_s": server.integer("clock_window_s", defaults.clock_window_s, minimum=1),
         "batch_keep_days": maint.integer("batch_keep_days", defaults.batch_keep_days, minimum=1),
         "months_ahead": maint.integer("months_ahead", defaults.months_ahead, minimum=0),
+        "live_stale_s": live.number("stale_s", defaults.live_stale_s, minimum=1),
     }
-    for opts in (db, server, maint):
+    for opts in (db, server, maint, live):
         opts.finish()
     if values["port"] > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {values['port']}")

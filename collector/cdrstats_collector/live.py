@@ -1,0 +1,497 @@
+"""Calls in progress: `POST /api/v1/live` from agents, the live state in PostgreSQL, queries.
+
+    POST /api/v1/live               a signed `live` message (docs/protocol.md, "Live calls")
+    GET  /api/v1/live/calls         calls in progress of the caller's tenant (docs/http-api.md)
+    await live_calls(conn, tenant_id, switch_id=None)   # for the API and the console
+    await live_counts(conn, tenant_id)                   # {switch_id: calls in progress}
+
+Checks of a message, in order (the same rules as ingest; nothing a client sends is a 500):
+size (413), envelope (422), agent, signature and clock window (401), content (422, naming
+the source, event and key), then in ONE transaction: the agent row and its live stream are
+locked, a message that is not newer than the last one applied is refused (409: replay or
+stale), the events are applied per source — a snapshot replaces the source's calls,
+started/answered upsert a call, ended deletes it — the per-minute peak of the switch's calls
+is recorded, and `NOTIFY cdrstats_live, '{"tenant_id", "switch_id", "count"}'` is sent once
+(delivered at commit). PostgreSQL unreachable: 503, nothing applied.
+
+A source's calls are valid until `live_source.expires_at` (last news from the source + the
+collector's `[live] stale_s`); the queries here ignore expired sources and `prune` (run by
+maintenance) deletes them with their calls.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import psycopg
+from cdrstats_agent import logs, wire
+from nacl.exceptions import BadSignatureError
+from psycopg_pool import PoolTimeout
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from . import auth, replies
+from .agents import KnownAgent, parse_agent_id
+from .ingest import _TooLarge, read_bounded
+from .state import CollectorState, get_state
+
+log = logs.get_logger("cdrstats.collector.live")
+
+NOTIFY_CHANNEL = "cdrstats_live"
+"""Equal to `realtime.LIVE_CHANNEL` (the broker listens on it)."""
+
+
+# --- applying a message (pure part) --------------------------------------------------------------
+
+_ROW_KEYS = (
+    "state",
+    "direction",
+    "caller",
+    "callee",
+    "caller_name",
+    "accountcode",
+    "started_at",
+    "answered_at",
+    "src_ip",
+    "trunk",
+    "user_agent",
+    "read_codec",
+    "write_codec",
+    "event_at",
+)
+_TEXT_COPY = ("caller", "callee", "caller_name", "accountcode", "src_ip", "trunk")
+_TEXT_COPY2 = ("user_agent", "read_codec", "write_codec", "direction")
+
+
+def _fields(data: dict[str, Any]) -> dict[str, Any]:
+    """Row values present in a checked data map (absent keys stay absent)."""
+    out = {k: data[k] for k in (*_TEXT_COPY, *_TEXT_COPY2) if k in data}
+    if "state" in data:
+        out["state"] = data["state"]
+    if "start" in data:
+        out["started_at"] = wire.from_us(data["start"])
+    if "answer" in data:
+        out["answered_at"] = wire.from_us(data["answer"])
+    return out
+
+
+@dataclass(slots=True)
+class Net:
+    """What a source's events amount to: applied with a few set-based statements."""
+
+    replace: bool
+    """A snapshot was among the events: the source's calls become exactly `rows`."""
+    rows: dict[str, dict[str, Any]]
+    """call_id -> row values to insert or merge (absent values keep the stored ones)."""
+    ended: set[str]
+    """Calls to delete (only when not `replace`)."""
+
+
+def reduce_events(events: list[dict[str, Any]]) -> Net:
+    """The net effect of checked wire events of one source, applied in order."""
+    net = Net(False, {}, set())
+    for event in events:
+        kind = event["kind"]
+        at = wire.from_us(event["at"])
+        if kind == "snapshot":
+            net.replace, net.rows, net.ended = True, {}, set()
+            for call in event["calls"]:
+                row = _fields(call)
+                row.setdefault("state", "answered" if "answered_at" in row else "ringing")
+                row["event_at"] = at
+                net.rows[call["call_id"]] = row
+            continue
+        call_id = event["call_id"]
+        if kind == "ended":
+            net.rows.pop(call_id, None)
+            if not net.replace:
+                net.ended.add(call_id)
+            continue
+        row = _fields(event.get("data", {}))
+        if kind == "started":
+            row.setdefault("state", "ringing")
+            row.setdefault("started_at", at)
+        else:  # answered
+            row.setdefault("state", "answered")
+            row.setdefault("answered_at", at)
+        row["event_at"] = at
+        net.ended.discard(call_id)
+        merged = net.rows.setdefault(call_id, {})
+        merged.update(row)
+    return net
+
+
+# --- the transaction -----------------------------------------------------------------------------
+
+_LOCK = (
+    b"SELECT a.revoked_at IS NOT NULL, l.stream, l.seq, l.sent_at"
+    b" FROM agent a JOIN live_agent l ON l.agent_id = a.id WHERE a.id = %(agent)s"
+    b" FOR UPDATE OF l"
+)
+_ENSURE_AGENT = (
+    b"INSERT INTO live_agent (agent_id, stream, seq, sent_at)"
+    b" SELECT id, '', 0, 0 FROM agent WHERE id = %(agent)s ON CONFLICT DO NOTHING"
+)
+_ADVANCE = (
+    b"UPDATE live_agent SET stream = %(stream)s, seq = %(seq)s, sent_at = %(sent_at)s,"
+    b" received_at = now() WHERE agent_id = %(agent)s"
+)
+_SOURCE = (
+    b"INSERT INTO live_source AS s"
+    b" (tenant_id, switch_id, source, agent_id, seen_at, expires_at, snapshot_at)"
+    b" VALUES (%(tenant)s, %(switch)s, %(source)s, %(agent)s, now(),"
+    b"         now() + make_interval(secs => %(stale)s),"
+    b"         CASE WHEN %(snapshot)s THEN now() END)"
+    b" ON CONFLICT (tenant_id, switch_id, source) DO UPDATE SET"
+    b"  agent_id = EXCLUDED.agent_id, seen_at = now(), expires_at = EXCLUDED.expires_at,"
+    b"  snapshot_at = coalesce(EXCLUDED.snapshot_at, s.snapshot_at)"
+)
+_EXPIRED = (
+    b"SELECT expires_at <= now() FROM live_source"
+    b" WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
+    b" FOR UPDATE"
+)
+_CLEAR = (
+    b"DELETE FROM live_call"
+    b" WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
+)
+_DELETE = _CLEAR + b" AND call_id = ANY(%(ids)s::text[])"
+_UPSERT = (
+    b"INSERT INTO live_call AS c (tenant_id, switch_id, source, agent_id, call_id, state,"
+    b" direction, caller, callee, caller_name, accountcode, started_at, answered_at, src_ip,"
+    b" trunk, user_agent, read_codec, write_codec, event_at, updated_at)"
+    b" SELECT %(tenant)s, %(switch)s, %(source)s, %(agent)s, u.call_id, u.state,"
+    b"  coalesce(u.direction, 'unknown'), u.caller, u.callee, u.caller_name, u.accountcode,"
+    b"  u.started_at, u.answered_at, u.src_ip, u.trunk, u.user_agent, u.read_codec,"
+    b"  u.write_codec, u.event_at, now()"
+    b" FROM unnest(%(call_id)s::text[], %(state)s::text[], %(direction)s::text[],"
+    b"  %(caller)s::text[], %(callee)s::text[], %(caller_name)s::text[],"
+    b"  %(accountcode)s::text[], %(started_at)s::timestamptz[], %(answered_at)s::timestamptz[],"
+    b"  %(src_ip)s::inet[], %(trunk)s::text[], %(user_agent)s::text[], %(read_codec)s::text[],"
+    b"  %(write_codec)s::text[], %(event_at)s::timestamptz[])"
+    b" AS u(call_id, state, direction, caller, callee, caller_name, accountcode, started_at,"
+    b"  answered_at, src_ip, trunk, user_agent, read_codec, write_codec, event_at)"
+    b" ON CONFLICT (tenant_id, switch_id, source, call_id) DO UPDATE SET"
+    b"  agent_id = EXCLUDED.agent_id, state = EXCLUDED.state,"
+    b"  direction = CASE WHEN EXCLUDED.direction = 'unknown' THEN c.direction"
+    b"                   ELSE EXCLUDED.direction END,"
+    b"  caller = coalesce(EXCLUDED.caller, c.caller),"
+    b"  callee = coalesce(EXCLUDED.callee, c.callee),"
+    b"  caller_name = coalesce(EXCLUDED.caller_name, c.caller_name),"
+    b"  accountcode = coalesce(EXCLUDED.accountcode, c.accountcode),"
+    b"  started_at = coalesce(EXCLUDED.started_at, c.started_at),"
+    b"  answered_at = coalesce(EXCLUDED.answered_at, c.answered_at),"
+    b"  src_ip = coalesce(EXCLUDED.src_ip, c.src_ip),"
+    b"  trunk = coalesce(EXCLUDED.trunk, c.trunk),"
+    b"  user_agent = coalesce(EXCLUDED.user_agent, c.user_agent),"
+    b"  read_codec = coalesce(EXCLUDED.read_codec, c.read_codec),"
+    b"  write_codec = coalesce(EXCLUDED.write_codec, c.write_codec),"
+    b"  event_at = EXCLUDED.event_at, updated_at = now()"
+)
+_COUNT = (
+    b"SELECT count(c.call_id) FROM live_source s"
+    b" LEFT JOIN live_call c USING (tenant_id, switch_id, source)"
+    b" WHERE s.tenant_id = %(tenant)s AND s.switch_id = %(switch)s AND s.expires_at > now()"
+)
+_PEAK = (
+    b"INSERT INTO live_count_minute AS m (tenant_id, switch_id, minute, calls_max)"
+    b" VALUES (%(tenant)s, %(switch)s, date_trunc('minute', now()), %(count)s)"
+    b" ON CONFLICT (tenant_id, switch_id, minute)"
+    b" DO UPDATE SET calls_max = greatest(m.calls_max, EXCLUDED.calls_max)"
+)
+_NOTIFY = b"SELECT pg_notify('" + NOTIFY_CHANNEL.encode() + b"', %(payload)s)"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    count: int
+    """Calls in progress on the agent's switch after the message."""
+
+
+@dataclass(frozen=True, slots=True)
+class Stale:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: str
+
+
+Outcome = Applied | Stale | Refused
+
+
+async def apply_message(
+    conn: psycopg.AsyncConnection[Any],
+    agent: KnownAgent,
+    message: wire.LiveMessage,
+    *,
+    stale_s: float,
+) -> Outcome:
+    """Apply a checked live message of `agent` in one transaction (see the module docstring)."""
+    ref = agent.ref
+    base = {"agent": ref.id, "tenant": ref.tenant_id, "switch": ref.switch_id}
+    async with conn.transaction():
+        await conn.execute(_ENSURE_AGENT, base)
+        cur = await conn.execute(_LOCK, base)
+        row = await cur.fetchone()
+        if row is None:
+            return Refused("unknown agent")
+        revoked, stream, seq, sent_at = row
+        if revoked:
+            return Refused("agent revoked")
+        if stream == message.stream and message.seq <= seq:
+            return Stale(f"live message {message.seq} of this stream is not after {seq}")
+        if stream != message.stream and message.sent_at <= sent_at:
+            return Stale("live message sent before the last one applied (a replay)")
+        await conn.execute(
+            _ADVANCE,
+            {**base, "stream": message.stream, "seq": message.seq, "sent_at": message.sent_at},
+        )
+        for part in message.sources:
+            await _apply_source(conn, base, part, stale_s)
+        cur = await conn.execute(_COUNT, base)
+        counted = await cur.fetchone()
+        count = int(counted[0]) if counted else 0
+        await conn.execute(_PEAK, {**base, "count": count})
+        payload = json.dumps(
+            {"tenant_id": ref.tenant_id, "switch_id": ref.switch_id, "count": count}
+        )
+        await conn.execute(_NOTIFY, {"payload": payload})
+    return Applied(count)
+
+
+async def _apply_source(
+    conn: psycopg.AsyncConnection[Any],
+    base: dict[str, Any],
+    part: wire.LiveStream,
+    stale_s: float,
+) -> None:
+    net = reduce_events(part.events)
+    params = {**base, "source": part.source}
+    cur = await conn.execute(_EXPIRED, params)
+    expired = await cur.fetchone()
+    await conn.execute(_SOURCE, {**params, "stale": stale_s, "snapshot": net.replace})
+    if net.replace or (expired is not None and expired[0]):
+        # A snapshot replaces everything; a source that had expired is not brought back by
+        # events alone (its stored calls are stale): it starts from nothing.
+        await conn.execute(_CLEAR, params)
+    elif net.ended:
+        await conn.execute(_DELETE, {**params, "ids": sorted(net.ended)})
+    if net.rows:
+        columns: dict[str, list[Any]] = {"call_id": list(net.rows)}
+        for key in _ROW_KEYS:
+            columns[key] = [r.get(key) for r in net.rows.values()]
+        await conn.execute(_UPSERT, {**params, **columns})
+
+
+async def prune(conn: psycopg.AsyncConnection[Any]) -> int:
+    """Delete expired live sources and their calls; returns how many sources."""
+    async with conn.transaction():
+        cur = await conn.execute("DELETE FROM live_source WHERE expires_at <= now()")
+        return max(cur.rowcount, 0)
+
+
+# --- queries (API and console) -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveCall:
+    tenant_id: int
+    switch_id: int
+    switch: str
+    source: str
+    call_id: str
+    state: str
+    direction: str
+    caller: str | None
+    callee: str | None
+    caller_name: str | None
+    accountcode: str | None
+    started_at: datetime | None
+    answered_at: datetime | None
+    src_ip: str | None
+    trunk: str | None
+    user_agent: str | None
+    read_codec: str | None
+    write_codec: str | None
+    event_at: datetime
+    updated_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = value.isoformat() if isinstance(value, datetime) else value
+        return out
+
+
+_CALLS = (
+    "SELECT c.tenant_id, c.switch_id, w.name, c.source, c.call_id, c.state, c.direction,"
+    " c.caller, c.callee, c.caller_name, c.accountcode, c.started_at, c.answered_at,"
+    " host(c.src_ip), c.trunk, c.user_agent, c.read_codec, c.write_codec, c.event_at,"
+    " c.updated_at"
+    " FROM live_call c"
+    " JOIN live_source s USING (tenant_id, switch_id, source)"
+    " JOIN switch w ON w.tenant_id = c.tenant_id AND w.id = c.switch_id"
+    " WHERE c.tenant_id = %(tenant)s AND s.expires_at > now()"
+)
+
+
+async def live_calls(
+    conn: psycopg.AsyncConnection[Any], tenant_id: int, switch_id: int | None = None
+) -> list[LiveCall]:
+    """Calls in progress of a tenant (of one switch), oldest first; expired sources left out."""
+    query = _CALLS
+    params: dict[str, Any] = {"tenant": tenant_id}
+    if switch_id is not None:
+        query += " AND c.switch_id = %(switch)s"
+        params["switch"] = switch_id
+    query += " ORDER BY c.started_at NULLS LAST, c.switch_id, c.source, c.call_id"
+    cur = await conn.execute(query.encode(), params)
+    return [LiveCall(*row) for row in await cur.fetchall()]
+
+
+async def live_counts(conn: psycopg.AsyncConnection[Any], tenant_id: int) -> dict[int, int]:
+    """Calls in progress per switch of a tenant ({switch_id: count}).
+
+    Switches whose live sources report no call have 0; switches without a live source (or
+    whose sources expired) are absent.
+    """
+    cur = await conn.execute(
+        b"SELECT s.switch_id, count(c.call_id) FROM live_source s"
+        b" LEFT JOIN live_call c USING (tenant_id, switch_id, source)"
+        b" WHERE s.tenant_id = %(tenant)s AND s.expires_at > now() GROUP BY s.switch_id",
+        {"tenant": tenant_id},
+    )
+    return {int(sid): int(n) for sid, n in await cur.fetchall()}
+
+
+# --- HTTP ----------------------------------------------------------------------------------------
+
+
+async def live_endpoint(request: Request) -> Response:
+    """`POST /api/v1/live`."""
+    state = get_state(request)
+    limit = state.settings.max_body_bytes
+    try:
+        data = await read_bounded(request, limit)
+    except _TooLarge:
+        return replies.error(413, f"live message larger than {limit} bytes")
+    try:
+        envelope = wire.unseal(data, "live")
+    except wire.WireError as exc:
+        return _invalid(str(exc), None)
+    agent_id = parse_agent_id(envelope.signer)
+    if agent_id is None:
+        return _unauthorized("unknown agent", envelope.signer)
+    try:
+        agent = await _agent(state, agent_id)
+    except (psycopg.OperationalError, PoolTimeout):
+        return _unavailable()
+    if isinstance(agent, str):
+        return _unauthorized(agent, envelope.signer)
+    try:
+        agent.key.verify(envelope.payload, envelope.sig)
+    except BadSignatureError:
+        return _unauthorized("bad signature", envelope.signer)
+    try:
+        payload = wire.live_payload(envelope)
+        sent_at = payload.get("sent_at")
+        if type(sent_at) is int:
+            skew_s = (sent_at - wire.now_us()) / 1e6
+            if abs(skew_s) > state.settings.clock_window_s:
+                return _unauthorized(
+                    f"sent_at is {skew_s:+.0f} s from the collector's clock (window"
+                    f" {state.settings.clock_window_s} s): check the agent's clock",
+                    envelope.signer,
+                )
+        message = wire.check_live_payload(payload, envelope.signer)
+    except wire.WireError as exc:
+        return _invalid(str(exc), envelope.signer)
+    except RecursionError:
+        return _invalid("live message is nested too deeply", envelope.signer)
+    try:
+        async with state.pool.connection() as conn:
+            outcome = await apply_message(conn, agent, message, stale_s=state.settings.live_stale_s)
+    except (psycopg.OperationalError, PoolTimeout):
+        return _unavailable()
+    if isinstance(outcome, Stale):
+        log.warning("live_stale", agent=envelope.signer, seq=message.seq, reason=outcome.reason)
+        return replies.error(409, outcome.reason)
+    if isinstance(outcome, Refused):
+        state.agents.forget(agent_id)
+        return _unauthorized(outcome.reason, envelope.signer)
+    log.debug(
+        "live_applied",
+        agent=envelope.signer,
+        seq=message.seq,
+        events=message.event_count,
+        calls=outcome.count,
+    )
+    return JSONResponse({"seq": message.seq, "events": message.event_count, "calls": outcome.count})
+
+
+async def _agent(state: CollectorState, agent_id: UUID) -> KnownAgent | str:
+    """The enrolled agent, or the reason it is refused."""
+    agent = state.agents.cached(agent_id)
+    if agent is not None:
+        return agent
+    async with state.pool.connection() as conn:
+        status = await state.agents.status(conn, agent_id)
+    if status is None:
+        return "unknown agent"
+    if status.revoked:
+        return "agent revoked"
+    return status.agent
+
+
+def _invalid(message: str, agent: str | None) -> JSONResponse:
+    log.warning("live_invalid", agent=(agent or "-")[:64], reason=message)
+    return replies.error(422, message)
+
+
+def _unauthorized(reason: str, agent: str) -> JSONResponse:
+    log.warning("live_unauthorized", agent=agent[:64], reason=reason)
+    return replies.error(401, reason)
+
+
+def _unavailable() -> JSONResponse:
+    return replies.unavailable("database unavailable, retry later")
+
+
+async def live_calls_endpoint(request: Request) -> Response:
+    """`GET /api/v1/live/calls[?tenant=ID][&switch=ID]`: the calls in progress of one tenant."""
+    state = get_state(request)
+    try:
+        who = await auth.require(request)
+        tenant_id = auth.tenant_scope(who, request.query_params.get("tenant"))
+        switch_id: int | None = None
+        text = request.query_params.get("switch")
+        if text:
+            try:
+                switch_id = int(text)
+            except ValueError:
+                raise auth.ParamError("switch", f"not a switch id: {text!r:.40}") from None
+            if not 0 < switch_id < 2**63:
+                raise auth.ParamError("switch", f"not a switch id: {text!r:.40}")
+        async with auth.tenant_connection(state.pool, tenant_id) as conn:
+            calls = await live_calls(conn, tenant_id, switch_id)
+            counts = await live_counts(conn, tenant_id)
+    except HTTPException as exc:
+        headers = dict(exc.headers) if exc.headers else None
+        return replies.error(exc.status_code, str(exc.detail), headers=headers)
+    except (psycopg.OperationalError, PoolTimeout):
+        return _unavailable()
+    return JSONResponse(
+        {
+            "tenant_id": tenant_id,
+            "calls": [c.to_json() for c in calls],
+            "counts": {str(k): v for k, v in sorted(counts.items())},
+        }
+    )
