@@ -23,6 +23,7 @@ from starlette.routing import Route
 
 from . import live, maintenance, metrics, replies
 from .agents import AgentDirectory
+from .api import routes as read_api_routes
 from .enroll import enroll_endpoint, status_endpoint
 from .ingest import ingest_endpoint
 from .settings import Settings
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/api/v1/live/calls", live.live_calls_endpoint, methods=["GET"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
+        *read_api_routes(),  # the read API: reports, CDR search, exports, OpenAPI
         # The web console (cdrstats_web) will be mounted here, e.g. Mount("/", web_app).
     ]
     return Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import psycopg
+import pytest
 from cdrstats_agent import wire
 from cdrstats_agent.model import CDR, Direction, Disposition
 from cdrstats_collector import auth, store, tenants, users
 from collector_testkit import body_of
+
+from tests.fix_db import CollectorServer, create_database, drop_database, with_dbname
 
 PASSWORD = "correct horse battery"
 BASE = datetime(2026, 3, 20, 8, 0, tzinfo=UTC)
@@ -146,3 +151,33 @@ def seed_two_tenants(database_url: str, per_switch: int = 120) -> Seed:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+# --- a real collector process over a seeded database (one per test module) -----------------
+
+
+@dataclass
+class ApiServer:
+    url: str
+    database_url: str
+    seed: Seed
+
+    def get(self, path: str, token: str | None, **params: Any) -> httpx.Response:
+        headers = bearer(token) if token else {}
+        return httpx.get(self.url + path, params=params, headers=headers, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def api_server(
+    pg_admin_url: str, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ApiServer]:
+    name = create_database(pg_admin_url, migrated_template)
+    url = with_dbname(pg_admin_url, name)
+    server = CollectorServer(url, tmp_path_factory.mktemp("api-collector"), log_level="info")
+    try:
+        seed = seed_two_tenants(url)
+        server.start()
+        yield ApiServer(server.url, url, seed)
+    finally:
+        server.stop()
+        drop_database(pg_admin_url, name)
