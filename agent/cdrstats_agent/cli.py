@@ -1,4 +1,4 @@
-"""`cdrstats-agent`: run | check | enroll | status | sample-config (docs/agent.md, "CLI").
+"""`cdrstats-agent`: run | check | enroll | status | sample-config | plugin new (docs/agent.md).
 
 Exit codes: 0 fine, 1 a check or an operation failed, 2 bad configuration or usage.
 """
@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from . import __version__, plugin
+from . import __version__, plugin, scaffold
+from .checks import run_checks
 from .config import DEFAULT_CONFIG_PATH, Config, load_config, sample_config, url_problem
 from .errors import ConfigError, IdentityError
 from .identity import enroll, load_agent
@@ -52,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
         "sample-config", parents=[common], help="print a config file for a plugin's source"
     )
     p.add_argument("plugin", metavar="PLUGIN", help="plugin name (e.g. csv)")
+    p = sub.add_parser("plugin", help="plugin authoring: `plugin new NAME` (docs/plugins.md)")
+    p.add_argument("action", choices=["new"], help="new: scaffold a plugin distribution")
+    p.add_argument("name", metavar="NAME", help="plugin name (lower_snake_case)")
+    p.add_argument("--dir", default=".", help="where to create cdrstats-NAME/ (default .)")
     return parser
 
 
@@ -61,6 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if command == "sample-config":
             return _sample_config(args.plugin)
+        if command == "plugin":
+            return _plugin_new(args.name, args.dir)
         if command == "enroll":
             return _enroll(args.config, args.url, args.token, args.force)
         config = load_config(args.config)
@@ -129,70 +136,19 @@ def _enroll(config_path: str, url: str, token: str, force: bool) -> int:
     return 0
 
 
-class _Report:
-    def __init__(self) -> None:
-        self.failed = False
-
-    def ok(self, item: str, detail: str = "") -> None:
-        print(f"OK   {item}" + (f": {detail}" if detail else ""))
-
-    def fail(self, item: str, reason: str) -> None:
-        self.failed = True
-        print(f"FAIL {item}: {reason}")
-
-
 async def _check(config: Config) -> int:
     setup_logging("warning")
-    report = _Report()
-    report.ok("config", f"{config.path} ({len(config.sources)} sources)")
-    for sc in config.sources:
-        try:
-            await sc.source.check()
-        except Exception as exc:
-            report.fail(f"source {sc.name}", _one_line(exc))
-        else:
-            report.ok(f"source {sc.name}", f"plugin {sc.plugin}")
-        finally:
-            try:
-                await sc.source.close()
-            except Exception as exc:
-                report.fail(f"source {sc.name}", f"close failed: {_one_line(exc)}")
-    state_dir = config.agent.state_dir
+    return await run_checks(config)
+
+
+def _plugin_new(name: str, parent: str) -> int:
     try:
-        identity, key = load_agent(state_dir)
-    except IdentityError as exc:
-        report.fail("identity", str(exc))
-        return 1
-    report.ok(
-        "identity",
-        f"agent {identity.agent_id} (tenant {identity.tenant}, switch {identity.switch})",
-    )
-    spool_path = state_dir / SPOOL_FILE
-    if not os.access(state_dir, os.W_OK | os.X_OK):
-        report.fail("spool", f"{state_dir} is not writable by this user")
-    elif not spool_path.exists():
-        report.ok("spool", f"{spool_path} will be created at the first run")
-    else:
-        try:
-            store = SpoolStore(spool_path, max_bytes=config.agent.spool_max_bytes)
-            stats = store.stats()
-            store.close()
-            report.ok("spool", f"{stats.pending_cdrs} CDRs pending, {stats.batches} batches")
-        except SpoolError as exc:
-            report.fail("spool", str(exc))
-    for url in config.collector.urls or (identity.url,):
-        try:
-            view = await fetch_agent_status(
-                url, identity.agent_id, key, timeout_s=config.collector.timeout_s
-            )
-        except CollectorError as exc:
-            report.fail(f"collector {url}", str(exc))
-        else:
-            report.ok(
-                f"collector {url}",
-                f"enrolled as {view.get('agent_id')}, last_seq {view.get('last_seq')}",
-            )
-    return 1 if report.failed else 0
+        root = scaffold.create(name, Path(parent))
+    except (scaffold.ScaffoldError, OSError) as exc:
+        print(f"cdrstats-agent: {exc}", file=sys.stderr)
+        return 2
+    print(f"created {root}: pip install -e {root} && python -m pytest {root}")
+    return 0
 
 
 async def _status(config: Config) -> int:
