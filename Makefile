@@ -9,7 +9,7 @@ PACKAGES := agent/cdrstats_agent collector/cdrstats_collector web/cdrstats_web \
 	plugins/asterisk/cdrstats_asterisk plugins/kamailio/cdrstats_kamailio
 SOURCES := $(wildcard */pyproject.toml plugins/*/pyproject.toml) requirements-dev.txt
 
-.PHONY: demo test check lint bench clean
+.PHONY: demo test check lint bench clean packages
 
 $(STAMP): $(SOURCES)
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "Python 3.11 or newer is needed" or 0)'
@@ -30,6 +30,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
+
+# .deb and .rpm of the agent in dist/ (docs/packaging.md); PACKAGE_ARGS="--release 2" etc.
+packages: $(STAMP)
+	$(BIN)/python packaging/build.py $(PACKAGE_ARGS)
 
 clean:
 	rm -rf $(VENV) var
