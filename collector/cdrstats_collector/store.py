@@ -9,7 +9,11 @@ Pure data layer (no HTTP). For one batch of one agent, in ONE transaction:
    already there (unique_violation on the natural key), roll back to the savepoint and load
    through the per-connection staging table with `INSERT ... ON CONFLICT DO NOTHING`,
    counting inserted rows and duplicates. The common case (no duplicate) costs one COPY;
-3. record the batch with its ack, advance the agent's `last_seq`, and
+3. classify each new CDR's destination (classify.py; the switch's numbering plan, the
+   tenant's timezone and the dial prefixes are cached per process for `CONTEXT_TTL_S`) —
+   done on the prepared rows before loading them — and add the rows really inserted to the
+   aggregates in one statement (aggregates.py);
+4. record the batch with its ack, advance the agent's `last_seq`, and
    `NOTIFY cdr_ingest` once (delivered at commit).
 
 Partitions for the months the batch touches are created before, in a short transaction of
@@ -22,8 +26,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import operator
 import re
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
@@ -39,7 +45,7 @@ from psycopg.postgres import types as _builtin_types
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
-from . import partitions
+from . import aggregates, classify, partitions
 
 MIN_START_US = 946_684_800_000_000
 """Calls that start before 2000-01-01 UTC are refused: a zero or garbage clock, not a call."""
@@ -95,7 +101,21 @@ _CREATE_STAGING = (
 )
 _MERGE_STAGING = (
     f"INSERT INTO cdr ({_COLS}) SELECT {_COLS} FROM cdr_staging ON CONFLICT DO NOTHING"
+    f" RETURNING {aggregates.RETURNING_FACTS}"
 ).encode()
+_FACTS_OF_ROW = operator.itemgetter(*(COPY_COLUMNS.index(c) for c in aggregates.FACT_COLUMNS))
+_I_CALLEE = COPY_COLUMNS.index("callee")
+_I_CALLEE_E164 = COPY_COLUMNS.index("callee_e164")
+_I_DEST = COPY_COLUMNS.index("dest_country")
+
+CONTEXT_TTL_S = 10.0
+"""Numbering plans, tenant timezones and dial prefixes are re-read at most this often."""
+_SWITCH_CONTEXT = (
+    b"SELECT s.country, s.international_prefix, s.national_prefix, t.timezone,"
+    b" (SELECT count(*) FROM dial_prefix), (SELECT max(updated_at) FROM dial_prefix)"
+    b" FROM switch s JOIN tenant t ON t.id = s.tenant_id"
+    b" WHERE s.id = %(switch)s AND s.tenant_id = %(tenant)s"
+)
 
 _STATE = (
     b"SELECT a.revoked_at IS NOT NULL, a.last_seq, b.body_sha256, b.ack"
@@ -230,12 +250,71 @@ class Prepared:
     newest_start_us: int
 
 
+@dataclass(slots=True)
+class _SwitchContext:
+    expires: float
+    plan: classify.NumberingPlan
+    days: aggregates.LocalDays
+
+
 class Ingestor:
-    """Stores batches; holds the per-process caches (known partitions, encoded addresses)."""
+    """Stores batches; holds the per-process caches (known partitions, encoded addresses,
+    numbering plans, tenant timezones, the destination classifier)."""
 
     def __init__(self, cache: partitions.PartitionCache | None = None) -> None:
         self.partitions = cache or partitions.PartitionCache()
         self._inet: dict[str, bytes] = {}
+        self._switches: dict[int, _SwitchContext] = {}
+        self.classifier = classify.Classifier()
+        self._prefix_version: tuple[Any, ...] | None = None
+
+    def forget(self) -> None:
+        """Drop the cached plans, timezones and prefixes (re-read at the next batch)."""
+        self._switches.clear()
+        self._prefix_version = None
+
+    async def _context(self, conn: psycopg.AsyncConnection[Any], agent: AgentRef) -> _SwitchContext:
+        now = time.monotonic()
+        ctx = self._switches.get(agent.switch_id)
+        if ctx is not None and ctx.expires > now:
+            return ctx
+        cur = await conn.execute(
+            _SWITCH_CONTEXT, {"switch": agent.switch_id, "tenant": agent.tenant_id}
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise StoreUnavailable(f"switch {agent.switch_id} of tenant {agent.tenant_id} is gone")
+        country, intl, national, timezone, n_prefixes, prefixes_at = row
+        try:
+            plan = classify.NumberingPlan(country, intl, national)
+        except classify.PlanError:
+            plan = classify.NumberingPlan(None, intl, national)
+        if ctx is None or ctx.days.timezone != timezone:
+            days = aggregates.LocalDays(timezone)
+        else:
+            days = ctx.days
+        version = (n_prefixes, prefixes_at)
+        if version != self._prefix_version:
+            cur = await conn.execute(
+                "SELECT prefix, name, country, kind FROM dial_prefix ORDER BY prefix"
+            )
+            self.classifier = classify.Classifier(
+                classify.DialPrefix(*r) for r in await cur.fetchall()
+            )
+            self._prefix_version = version
+        ctx = self._switches[agent.switch_id] = _SwitchContext(now + CONTEXT_TTL_S, plan, days)
+        return ctx
+
+    def classify_rows(self, rows: Sequence[list[Any]], plan: classify.NumberingPlan) -> None:
+        """Fill the destination columns of prepared rows (in place)."""
+        destination = self.classifier.destination
+        to_e164 = plan.e164
+        for row in rows:
+            e164 = row[_I_CALLEE_E164]
+            if e164 is None:
+                callee = row[_I_CALLEE]
+                e164 = to_e164(callee) if callee else None
+            row[_I_DEST : _I_DEST + 3] = destination(e164)
 
     # -- CPU part, before any transaction -------------------------------------------------
 
@@ -319,7 +398,17 @@ class Ingestor:
             decided = _decide(locked, seq, digest)
             if decided is not None:
                 return decided
-            accepted = await self._load(conn, prepared.rows)
+            ctx = await self._context(conn, agent)
+            self.classify_rows(prepared.rows, ctx.plan)
+            accepted, facts = await self._load(conn, prepared.rows)
+            if accepted:
+                grouped = aggregates.group(facts, ctx.days)
+                try:
+                    await aggregates.apply(
+                        conn, grouped, agent.tenant_id, agent.switch_id, ctx.days.timezone
+                    )
+                except pgerrors.DeadlockDetected as exc:
+                    raise StoreUnavailable("aggregate update deadlocked; retry") from exc
             ack = wire.Ack(seq=seq, accepted=accepted, duplicates=len(prepared.rows) - accepted)
             notify = None
             if accepted:
@@ -343,20 +432,23 @@ class Ingestor:
             )
         return Stored(ack)
 
-    async def _load(self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]) -> int:
-        """COPY the rows; returns how many were new."""
+    async def _load(
+        self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]
+    ) -> tuple[int, list[aggregates.Fact]]:
+        """COPY the rows; returns how many were new and what aggregates need of them."""
         if not rows:
-            return 0
+            return 0, []
         try:
             async with conn.transaction():
                 await self._copy(conn, _COPY_CDR, rows)
-            return len(rows)
+            return len(rows), [_FACTS_OF_ROW(row) for row in rows]
         except pgerrors.UniqueViolation:
             pass  # some rows are already stored: dedup through the staging table
         await conn.execute(_CREATE_STAGING)
         await self._copy(conn, _COPY_STAGING, rows)
         cur = await conn.execute(_MERGE_STAGING)
-        return max(cur.rowcount, 0)
+        facts: list[aggregates.Fact] = await cur.fetchall()
+        return len(facts), facts
 
     async def copy_rows(
         self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]
