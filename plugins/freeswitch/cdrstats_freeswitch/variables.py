@@ -72,6 +72,7 @@ _USED = frozenset(
 )
 """Variables that feed a model field; all others go to `extra` (hangup_cause is kept too)."""
 
+_PLAIN_TYPES = frozenset({str, int, float, bool})
 _DIRECTIONS = {"inbound": Direction.INBOUND, "outbound": Direction.OUTBOUND}
 _A_LEG_VARIABLES = ("call_uuid", "originator", "originating_leg_uuid")
 
@@ -104,10 +105,10 @@ class Invalid(ValueError):
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value.strip()
     if value is None:
         return ""
-    if isinstance(value, str):
-        return value.strip()
     if isinstance(value, datetime):
         return value.isoformat()
     return str(value)
@@ -141,7 +142,8 @@ def _times(variables: Mapping[str, Any], which: str, zone: tzinfo) -> tuple[date
     """Candidate instants of `which` (start/answer/end), preferring epoch fields."""
     for suffix, scale in (("uepoch", 1_000_000), ("epoch", 1)):
         name = f"{which}_{suffix}"
-        text = _text(variables.get(name))
+        value = variables.get(name)
+        text = _text(value) if value is not None and value != "" else ""
         if text:
             try:
                 stamp = _epoch(text, scale)
@@ -158,6 +160,19 @@ def _times(variables: Mapping[str, Any], which: str, zone: tzinfo) -> tuple[date
     text = _text(raw)
     if not text:
         return None
+    if len(text) == 19 and text[10] == " ":
+        # Fast path for `YYYY-MM-DD HH:MM:SS` outside a DST change (both folds agree);
+        # the rest (DST gaps and overlaps, other formats) goes through the csv plugin's rules.
+        try:
+            naive = datetime.fromisoformat(text)
+        except ValueError:
+            naive = None
+        if naive is not None:
+            local = naive.replace(tzinfo=zone)
+            offset = local.utcoffset()
+            if offset is not None and offset == local.replace(fold=1).utcoffset():
+                stamp = (naive - offset).replace(tzinfo=UTC)
+                return None if stamp < _UNSET_BEFORE else (stamp,)
     try:
         found: tuple[datetime, ...] | None = parse_time(text, _STAMP_FORMATS, zone)
         return found
@@ -286,7 +301,7 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
     for key, value in variables.items():
         if key in _USED or value is None:
             continue
-        extra[key] = value if isinstance(value, (str, int, float, bool)) else _text(value)
+        extra[key] = value if type(value) in _PLAIN_TYPES else _text(value)
     if a_leg is not None:
         extra.setdefault("call_uuid", a_leg)
 

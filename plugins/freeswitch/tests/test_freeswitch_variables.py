@@ -136,3 +136,25 @@ def test_invalid_variables_name_the_problem(changes: dict[str, str], message: st
     v = {**call_variables(8), **changes}
     with pytest.raises(Invalid, match=message):
         to_cdr(v, SETTINGS)
+
+
+def test_stamps_in_dst_changes_follow_the_csv_rules() -> None:
+    """A stamp the clock skipped is read with the offset before the jump; one it passed twice
+    is the instant that agrees with the duration (cdrstats_csv.stamps)."""
+    v = {
+        **call_variables(9),
+        "start_stamp": "2026-03-29 02:30:00",
+        "answer_stamp": "",
+        "end_stamp": "2026-03-29 03:31:00",
+        "duration": "60",
+        "billsec": "0",
+    }
+    for name in ("start_epoch", "answer_epoch", "end_epoch"):
+        del v[name]
+    cdr = cdr_of(v)
+    assert cdr.start == datetime(2026, 3, 29, 1, 30, tzinfo=UTC)
+    assert cdr.end == datetime(2026, 3, 29, 1, 31, tzinfo=UTC)
+    v.update(start_stamp="2026-10-25 02:59:00", end_stamp="2026-10-25 02:01:00", duration="120")
+    cdr = cdr_of(v)
+    assert cdr.start == datetime(2026, 10, 25, 0, 59, tzinfo=UTC)  # first 02:59 (+02:00)
+    assert cdr.end == datetime(2026, 10, 25, 1, 1, tzinfo=UTC)  # second 02:01 (+01:00)
