@@ -24,10 +24,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins" / "freeswitch" / "tests"))
 
-from cdrstats_agent.spool import Spool
-from cdrstats_freeswitch.plugin import FreeswitchPlugin
-from freeswitch_testkit import TEMPLATES, call_variables, render
-from test_freeswitch_sqlite import COLUMNS, reference_db
+from cdrstats_agent.spool import Spool  # noqa: E402
+from cdrstats_freeswitch.plugin import FreeswitchPlugin  # noqa: E402
+from freeswitch_testkit import TEMPLATES, call_variables, render  # noqa: E402
+from test_freeswitch_sqlite import COLUMNS, reference_db  # noqa: E402
 
 
 async def into_spool(options: dict[str, object], total: int, spool_path: Path) -> float:
