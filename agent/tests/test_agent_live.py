@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -492,3 +493,40 @@ def test_plugin_helpers() -> None:
     assert set(native_actions(Native())) == {"block_ip", "unblock_ip"}
     assert has_native_block(Native())
     assert msgpack.unpackb(msgpack.packb(to_wire(snapshot("a")))) == to_wire(snapshot("a"))
+
+
+def test_protocol_doc_live_example_decodes_and_is_what_seal_live_makes() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "protocol.md").read_text()
+    match = re.search(r"<!-- example:live-envelope -->\n```\n(.*?)\n```", doc, re.S)
+    assert match, "docs/protocol.md has no example:live-envelope block"
+    data = bytes.fromhex(match.group(1).replace("\n", " "))
+    key = SigningKey(bytes(range(32)))
+    envelope = wire.unseal(data, "live")
+    key.verify_key.verify(envelope.payload, envelope.sig)
+    message = wire.check_live_payload(wire.live_payload(envelope), envelope.signer)
+    assert (message.agent, message.stream, message.seq) == ("agent-example", "5f2c9a1e", 3)
+    assert message.sent_at == 1764064805000000
+    events = [
+        LiveEvent(
+            "started",
+            "a1b2",
+            1764064800.25,
+            {
+                "caller": "1001",
+                "callee": "33142278000",
+                "direction": "outbound",
+                "src_ip": "192.0.2.10",
+            },
+        ),
+        LiveEvent("answered", "a1b2", 1764064804.0, {}),
+    ]
+    streams = [wire.LiveStream("fs1", [to_wire(e) for e in events])]
+    assert message.sources == streams
+    made = wire.seal_live("agent-example", "5f2c9a1e", 3, streams, key, sent_at=1764064805000000)
+    assert made == data, "update the example in docs/protocol.md"
+
+
+def test_every_live_option_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
+    for f in fields(LiveSettings):
+        assert f"| `{f.name}` |" in doc, f"docs/agent.md does not document [live] {f.name}"
