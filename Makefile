@@ -8,6 +8,9 @@ PACKAGES := agent/cdrstats_agent collector/cdrstats_collector web/cdrstats_web \
 	plugins/csv/cdrstats_csv plugins/freeswitch/cdrstats_freeswitch \
 	plugins/asterisk/cdrstats_asterisk plugins/kamailio/cdrstats_kamailio
 SOURCES := $(wildcard */pyproject.toml plugins/*/pyproject.toml) requirements-dev.txt
+# The console's browser assets (Bootstrap, Chart.js) from the npm registry, copied into the
+# package by web/build-assets.mjs; never committed (docs/console.md).
+ASSETS := web/cdrstats_web/static/vendor/.built
 
 .PHONY: demo test check lint bench clean packages
 
@@ -18,10 +21,13 @@ $(STAMP): $(SOURCES)
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt $(addprefix -e ,$(DISTS))
 	touch $(STAMP)
 
-demo: $(STAMP)
+$(ASSETS): web/package.json web/package-lock.json web/build-assets.mjs
+	cd web && npm ci --no-audit --no-fund --loglevel=error && npm run --silent build
+
+demo: $(STAMP) $(ASSETS)
 	$(BIN)/python -m cdrstats_collector.demo
 
-test: $(STAMP) lint
+test: $(STAMP) $(ASSETS) lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
@@ -36,4 +42,4 @@ packages: $(STAMP)
 	$(BIN)/python packaging/build.py $(PACKAGE_ARGS)
 
 clean:
-	rm -rf $(VENV) var
+	rm -rf $(VENV) var web/node_modules web/cdrstats_web/static/vendor

@@ -69,6 +69,9 @@ async def _maintain(state: CollectorState) -> None:
 
 def create_app(settings: Settings) -> Starlette:
     """The collector app for `settings`; nothing connects before the lifespan starts."""
+    from cdrstats_web.console import Console  # the web console, mounted last (see below)
+
+    console = Console(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -91,6 +94,7 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
+            await console.broker.close()
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -109,6 +113,12 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *read_api_routes(),  # the read API: reports, CDR search, exports, OpenAPI
-        # The web console (cdrstats_web) will be mounted here, e.g. Mount("/", web_app).
+        # The web console (cdrstats_web): pages, static assets, SSE; serves "/" and below.
+        console.mount(),
     ]
-    return Starlette(routes=routes, lifespan=lifespan, exception_handlers={Exception: server_error})
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={Exception: server_error},
+        middleware=[console.session_middleware()],
+    )

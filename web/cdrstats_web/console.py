@@ -1,0 +1,161 @@
+"""The console as the collector mounts it.
+
+    console = Console(settings)
+    routes.append(console.mount())                 # last: it serves "/" and below
+    Starlette(..., middleware=[console.session_middleware()])
+
+The console is a `Router` (not a separate Starlette app), so its handlers see the collector's
+application and its state (`state.get_state(request).pool`). Per-process objects (templates,
+the login limiter, the realtime broker) live on the `Console` instance; nothing is global.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from cdrstats_collector import auth
+from cdrstats_collector.realtime import Broker
+from cdrstats_collector.settings import Settings
+from cdrstats_collector.state import get_state
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from . import security
+from .sessions import ConsoleSessions
+
+HERE = Path(__file__).resolve().parent
+STATIC = HERE / "static"
+VENDOR = STATIC / "vendor"
+
+Handler = Callable[["Console", Request], Awaitable[Response]]
+
+
+class AssetsMissing(RuntimeError):
+    def __str__(self) -> str:
+        return (
+            f"the console's browser assets are missing in {VENDOR}: run `make` (or"
+            " `cd web && npm ci && npm run build`)"
+        )
+
+
+class Console:
+    def __init__(self, settings: Settings, *, broker: Broker | None = None) -> None:
+        self.settings = settings
+        self.templates = Jinja2Templates(directory=str(HERE / "templates"))
+        self.templates.env.globals["csrf_field"] = security.CSRF_FIELD
+        self.limiter = security.LoginLimiter()
+        self.broker = broker or Broker(settings.database_url)
+        self.https = bool(settings.public_url and settings.public_url.startswith("https://"))
+
+    # -- wiring ------------------------------------------------------------------------------
+
+    def session_middleware(self) -> Middleware:
+        return Middleware(ConsoleSessions, https_only=self.https)
+
+    def mount(self) -> Mount:
+        from . import accounts, admin, pages, stream, switches
+
+        def r(path: str, handler: Handler, methods: list[str] | None = None) -> Route:
+            return Route(path, functools.partial(handler, self), methods=methods or ["GET"])
+
+        routes: list[BaseRoute] = [
+            Mount("/static", app=StaticFiles(directory=str(STATIC), check_dir=False)),
+            r("/", pages.home),
+            r("/login", accounts.login_page),
+            r("/login", accounts.login, ["POST"]),
+            r("/logout", accounts.logout, ["POST"]),
+            r("/t/{tenant:int}/", pages.dashboard),
+            r("/t/{tenant:int}/dashboard.json", pages.dashboard_json),
+            r("/t/{tenant:int}/live", pages.live),
+            r("/t/{tenant:int}/recent.json", pages.recent_json),
+            r("/t/{tenant:int}/cdrs", pages.cdrs),
+            r("/t/{tenant:int}/events", stream.events),
+            r("/t/{tenant:int}/switches", switches.view),
+            r("/t/{tenant:int}/switches/token", switches.create_token, ["POST"]),
+            r("/t/{tenant:int}/switches/revoke", switches.revoke, ["POST"]),
+            r("/admin", admin.view),
+            r("/admin/tenants", admin.add_tenant, ["POST"]),
+            r("/admin/users", admin.add_user, ["POST"]),
+        ]
+        return Mount("", routes=routes)
+
+    # -- helpers for handlers ----------------------------------------------------------------
+
+    def render(
+        self, request: Request, name: str, context: dict[str, Any], status_code: int = 200
+    ) -> Response:
+        context.setdefault("who", None)
+        context.setdefault("tenant", None)
+        context.setdefault("tenants", [])
+        context["csrf_token"] = security.csrf_token(request)
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    async def tenants_of(self, request: Request, who: auth.Principal) -> list[dict[str, Any]]:
+        """Tenants `who` may look at (all for a superadmin), as {id, name, timezone}."""
+        pool = get_state(request).pool
+        async with pool.connection() as conn:
+            if who.is_superadmin:
+                cur = await conn.execute("SELECT id, name, timezone FROM tenant ORDER BY name")
+            else:
+                cur = await conn.execute(
+                    "SELECT id, name, timezone FROM tenant WHERE id = %s", (who.tenant_id,)
+                )
+            return [{"id": r[0], "name": r[1], "timezone": r[2]} for r in await cur.fetchall()]
+
+    async def tenant_context(
+        self, request: Request
+    ) -> tuple[auth.Principal, dict[str, Any], list[dict[str, Any]]]:
+        """The user and the tenant named in the path; 401 / 404 (another tenant's or none)."""
+        who = await auth.principal(request)
+        if who is None:
+            raise HTTPException(401, "log in first")
+        tid = auth.tenant_scope(who, request.path_params["tenant"])
+        tenants = await self.tenants_of(request, who)
+        for tenant in tenants:
+            if tenant["id"] == tid:
+                return who, tenant, tenants
+        raise HTTPException(404, f"no tenant {tid}")
+
+
+def login_redirect(request: Request) -> RedirectResponse:
+    target = request.url.path
+    if request.url.query:
+        target += "?" + request.url.query
+    return RedirectResponse(f"/login?next={_quote(target)}", status_code=303)
+
+
+def _quote(text: str) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="/")
+
+
+def page(
+    handler: Callable[[Console, Request], Awaitable[Response]],
+) -> Callable[[Console, Request], Awaitable[Response]]:
+    """HTML pages: 401 becomes a redirect to the login page, other errors an error page."""
+
+    @functools.wraps(handler)
+    async def wrapped(console: Console, request: Request) -> Response:
+        try:
+            return await handler(console, request)
+        except HTTPException as exc:
+            if exc.status_code == 401:
+                return login_redirect(request)
+            who = await auth.principal(request)
+            return console.render(
+                request,
+                "error.html",
+                {"status": exc.status_code, "detail": exc.detail, "who": who},
+                status_code=exc.status_code,
+            )
+
+    return wrapped

@@ -1,0 +1,220 @@
+"""The console in a real Chromium (Debian's, driven by Playwright; no browser download).
+
+Skips when Chromium or Playwright is missing, except under CI=true where it fails.
+Screenshots of the main pages at desktop and phone sizes go to var/screenshots/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from web_testkit import PASSWORD, SCREENSHOTS, Ingest, Seeded, cdr, chromium_or_skip, seed
+
+from tests.fix_db import CollectorServer
+
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def console(collector_server: CollectorServer) -> tuple[CollectorServer, Seeded]:
+    return collector_server, seed(collector_server.database_url)
+
+
+def _page(browser: Any, base: str, viewport: dict[str, int] = DESKTOP) -> Any:
+    context = browser.new_context(base_url=base, viewport=viewport)
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
+def _login(page: Any, username: str) -> None:
+    page.goto("/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/t/*/")
+
+
+def _shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def test_dashboard_updates_live_without_reload(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme = seeded.tenant_ids["acme"]
+    feed = Ingest(server, server.enroll("acme", "pbx-paris"))
+    feed.send([cdr(i, answered=i % 3 != 0) for i in range(6)])
+    page = _page(browser, server.url)
+    try:
+        _login(page, "victor")
+        assert page.url.endswith(f"/t/{acme}/")
+        page.wait_for_function("document.getElementById('kpi-calls').textContent === '6'")
+        page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
+        page.evaluate("window.__sameDocument = 'yes'")
+        feed.send([cdr(100 + i) for i in range(4)])
+        page.wait_for_function("document.getElementById('kpi-calls').textContent === '10'")
+        assert page.evaluate("window.__sameDocument") == "yes"  # no reload happened
+        assert page.inner_text("#kpi-answered") == "8"
+        assert page.inner_text("#kpi-asr") == "80.0 %"
+        rows = page.locator("#causes tbody tr")
+        assert rows.count() >= 2
+        _shot(page, "dashboard-desktop")
+        # The live page shows arriving CDRs as they come.
+        page.goto(f"/t/{acme}/live")
+        page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
+        page.wait_for_function("document.querySelectorAll('#tail tbody tr').length === 10")
+        feed.send([cdr(200)])
+        page.wait_for_function("document.querySelectorAll('#tail tbody tr').length === 11")
+        _shot(page, "live-desktop")
+        for path, name in (("cdrs", "cdrs"), ("switches", "switches")):
+            page.goto(f"/t/{acme}/{path}")
+            _shot(page, f"{name}-desktop")
+    finally:
+        page.context.close()
+
+
+def test_admin_pages_and_enrollment_command(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme = seeded.tenant_ids["acme"]
+    page = _page(browser, server.url)
+    try:
+        _login(page, "alice")
+        page.goto(f"/t/{acme}/switches")
+        page.get_by_label("Switch name").fill("pbx-lyon")
+        page.get_by_role("button", name="Create token").click()
+        command = page.inner_text("#enroll-command")
+        assert command.startswith(f"cdrstats-agent enroll {server.url} cdrs_")
+        _shot(page, "switches-token-desktop")
+        page.goto("/admin")
+        _shot(page, "admin-desktop")
+        page.goto("/logout")  # GET is not a logout
+        page.goto(f"/t/{acme}/")
+        assert page.url.endswith(f"/t/{acme}/")
+        page.get_by_role("button", name="Log out").click()
+        page.wait_for_url("**/login")
+        _shot(page, "login-desktop")
+    finally:
+        page.context.close()
+
+
+def test_tenant_viewer_cannot_reach_another_tenant(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
+    page = _page(browser, server.url)
+    try:
+        _login(page, "gina")  # viewer of globex
+        assert page.url.endswith(f"/t/{globex}/")
+        for path in ("", "live", "cdrs", "switches"):
+            response = page.goto(f"/t/{acme}/{path}")
+            assert response is not None and response.status == 404, path
+            assert "Not found" in page.inner_text("h1")
+        statuses = page.evaluate(
+            """async (t) => {
+                const out = [];
+                for (const p of ["dashboard.json", "recent.json", "events"]) {
+                    const r = await fetch(`/t/${t}/${p}`);
+                    out.push(r.status);
+                }
+                return out;
+            }""",
+            acme,
+        )
+        assert statuses == [404, 404, 404]
+        response = page.goto("/admin")
+        assert response is not None and response.status == 403
+    finally:
+        page.context.close()
+
+
+def test_forms_without_the_csrf_token_are_refused(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme = seeded.tenant_ids["acme"]
+    page = _page(browser, server.url)
+    try:
+        _login(page, "alice")
+        page.goto(f"/t/{acme}/switches")
+        page.evaluate(
+            "document.querySelectorAll('#token-form input[name=csrf_token]')"
+            ".forEach(e => e.remove())"
+        )
+        page.get_by_label("Switch name").fill("pbx-evil")
+        with page.expect_response(lambda r: r.url.endswith("/switches/token")) as info:
+            page.get_by_role("button", name="Create token").click()
+        assert info.value.status == 403
+        assert "CSRF" in page.inner_text("#error-detail")
+        page.goto(f"/t/{acme}/switches")
+        assert "pbx-evil" not in page.content()
+    finally:
+        page.context.close()
+
+
+def test_phone_viewport_has_no_horizontal_scroll(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme = seeded.tenant_ids["acme"]
+    Ingest(server, server.enroll("acme", "sbc-newyork-with-a-long-name")).send(
+        [cdr(i) for i in range(5)]
+    )
+    page = _page(browser, server.url, PHONE)
+    try:
+        page.goto("/login")
+        _shot(page, "login-phone")
+        _login(page, "root")
+        for path, name in (
+            (f"/t/{acme}/", "dashboard"),
+            (f"/t/{acme}/live", "live"),
+            (f"/t/{acme}/cdrs", "cdrs"),
+            (f"/t/{acme}/switches", "switches"),
+            ("/admin", "admin"),
+        ):
+            page.goto(path)
+            if name == "dashboard":
+                page.wait_for_function("document.getElementById('kpi-calls').textContent === '5'")
+            overflow = page.evaluate(
+                "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+            )
+            _shot(page, f"{name}-phone")
+            wide = page.evaluate(
+                """() => [...document.querySelectorAll('body *')]
+                    .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)
+                    .filter(e => !e.closest('.table-responsive'))
+                    .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)"""
+            )
+            assert overflow <= 0, (path, overflow, wide)
+        # The menu collapses behind a toggler that works with the keyboard.
+        page.goto(f"/t/{acme}/")
+        assert not page.get_by_role("link", name="Live").is_visible()
+        toggler = page.get_by_role("button", name="Toggle navigation")
+        toggler.focus()
+        page.keyboard.press("Enter")
+        page.get_by_role("link", name="Live").wait_for(state="visible")
+    finally:
+        page.context.close()

@@ -1,0 +1,258 @@
+"""The console over HTTP against a real collector process: login, CSRF, roles, tenants, SSE."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+import pytest
+from web_testkit import PASSWORD, Ingest, Seeded, SSEReader, cdr, csrf_of, login, seed
+
+from tests.fix_db import CollectorServer
+
+
+@pytest.fixture
+def seeded(collector_server: CollectorServer) -> Seeded:
+    return seed(collector_server.database_url)
+
+
+@pytest.fixture
+def base(collector_server: CollectorServer, seeded: Seeded) -> str:
+    return collector_server.url
+
+
+def test_pages_need_a_login(base: str, seeded: Seeded) -> None:
+    acme = seeded.tenant_ids["acme"]
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for path in (f"/t/{acme}/", f"/t/{acme}/live", f"/t/{acme}/cdrs", "/admin"):
+            r = c.get(path)
+            assert r.status_code == 303, path
+            assert r.headers["location"].startswith("/login?next="), path
+        assert c.get(f"/t/{acme}/dashboard.json").status_code == 401
+        assert c.get(f"/t/{acme}/events").status_code == 401
+
+
+def test_login_sets_a_signed_session_and_logout_ends_it(base: str, seeded: Seeded) -> None:
+    c = login(base, "victor")
+    acme = seeded.tenant_ids["acme"]
+    r = c.get("/")
+    assert r.headers["location"] == f"/t/{acme}/"
+    page = c.get(f"/t/{acme}/")
+    assert page.status_code == 200 and "Dashboard" in page.text
+    cookie = c.cookies["cdrstats_session"]
+    # A tampered cookie is not a session.
+    with httpx.Client(base_url=base, timeout=10) as other:
+        other.cookies.set(
+            "cdrstats_session", cookie[:-3] + ("AAA" if cookie[-3:] != "AAA" else "BBB")
+        )
+        assert other.get(f"/t/{acme}/").status_code == 303
+    r = c.post("/logout", data={"csrf_token": csrf_of(page.text)})
+    assert r.status_code == 303 and r.headers["location"] == "/login"
+    assert c.get(f"/t/{acme}/").status_code == 303
+
+
+def test_wrong_password_and_unknown_user_get_the_same_answer(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=10) as c:
+        for user in ("victor", "nobody"):
+            token = csrf_of(c.get("/login").text)
+            r = c.post(
+                "/login", data={"username": user, "password": "wrong-password", "csrf_token": token}
+            )
+            assert r.status_code == 401
+            assert "Wrong username or password." in r.text
+            assert "cdrstats_session" not in r.cookies or "user_id" not in r.text
+
+
+def test_login_is_rate_limited_per_user(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=10) as c:
+        token = csrf_of(c.get("/login").text)
+        codes = []
+        for _ in range(6):
+            r = c.post(
+                "/login",
+                data={"username": "alice", "password": "nope-nope-nope", "csrf_token": token},
+            )
+            codes.append(r.status_code)
+        assert codes == [401] * 5 + [429]
+        assert int(r.headers["retry-after"]) > 0
+        # Even the right password is refused while blocked: no oracle for a guesser.
+        r = c.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token})
+        assert r.status_code == 429
+        # Another user from the same address is not blocked yet.
+        r = c.post("/login", data={"username": "victor", "password": PASSWORD, "csrf_token": token})
+        assert r.status_code == 303
+
+
+def test_every_form_refuses_a_missing_or_wrong_csrf_token(base: str, seeded: Seeded) -> None:
+    acme = seeded.tenant_ids["acme"]
+    posts = {
+        "/login": {"username": "alice", "password": PASSWORD},
+        "/logout": {},
+        f"/t/{acme}/switches/token": {"switch": "sw-x", "ttl_hours": "24"},
+        f"/t/{acme}/switches/revoke": {"agent_id": "00000000-0000-4000-8000-000000000000"},
+        "/admin/tenants": {"name": "evil", "timezone": "UTC"},
+        "/admin/users": {"username": "evil", "role": "superadmin", "password": "x" * 12},
+    }
+    c = login(base, "root")
+    from cdrstats_collector.settings import Settings
+    from cdrstats_web.console import Console  # every POST route of the console is listed above
+
+    mounted = Console(Settings(database_url="postgresql:///x")).mount()
+    post_paths = {
+        getattr(r, "path", "").replace("{tenant:int}", str(acme))
+        for r in mounted.routes
+        if "POST" in (getattr(r, "methods", None) or ())
+    }
+    assert post_paths == set(posts)
+    for path, form in posts.items():
+        for token in (None, "forged-token-forged-token"):
+            data = dict(form) if token is None else {**form, "csrf_token": token}
+            r = c.post(path, data=data)
+            assert r.status_code == 403, (path, token, r.status_code)
+            assert "CSRF" in r.text
+    # Nothing was done: still logged in, no tenant or user created.
+    admin = c.get("/admin")
+    assert admin.status_code == 200 and "evil" not in admin.text
+
+
+def test_a_tenant_user_cannot_reach_another_tenant(base: str, seeded: Seeded) -> None:
+    acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
+    c = login(base, "gina")  # viewer of globex
+    assert c.get(f"/t/{globex}/").status_code == 200
+    for path in ("/", "/live", "/cdrs", "/switches"):
+        r = c.get(f"/t/{acme}{path}")
+        assert r.status_code == 404, path
+        assert "acme" not in r.text
+    assert c.get(f"/t/{acme}/dashboard.json").status_code == 404
+    assert c.get(f"/t/{acme}/recent.json").status_code == 404
+    assert c.get(f"/t/{acme}/events").status_code == 404
+    assert c.get("/t/999999/").status_code == 404
+    assert c.get("/admin").status_code == 403
+    # A superadmin sees both.
+    root = login(base, "root")
+    assert root.get(f"/t/{acme}/").status_code == 200
+    assert root.get(f"/t/{globex}/dashboard.json").status_code == 200
+
+
+def test_viewer_cannot_create_tokens_admin_can(
+    base: str, seeded: Seeded, collector_server: CollectorServer
+) -> None:
+    acme = seeded.tenant_ids["acme"]
+    viewer = login(base, "victor")
+    page = viewer.get(f"/t/{acme}/switches")
+    assert "Create token" not in page.text
+    r = viewer.post(
+        f"/t/{acme}/switches/token", data={"switch": "sw9", "csrf_token": csrf_of(page.text)}
+    )
+    assert r.status_code == 403
+    admin = login(base, "alice")
+    page = admin.get(f"/t/{acme}/switches")
+    r = admin.post(
+        f"/t/{acme}/switches/token",
+        data={"switch": "pbx-1", "ttl_hours": "2", "csrf_token": csrf_of(page.text)},
+    )
+    assert r.status_code == 201
+    match = re.search(r"cdrstats-agent enroll (\S+) (cdrs_[A-Za-z0-9_\-]+)", r.text)
+    assert match and match[1] == collector_server.url
+    # The token shown really enrolls an agent, which then appears (and can be revoked).
+    from cdrstats_agent import wire
+    from nacl.signing import SigningKey
+
+    key = SigningKey.generate()
+    e = httpx.post(
+        collector_server.url + "/api/v1/enroll",
+        json={
+            "token": match[2],
+            "public_key": wire.key_to_text(key.verify_key),
+            "hostname": "pbx-host",
+            "version": "9.9",
+        },
+        timeout=10,
+    )
+    assert e.status_code == 201, e.text
+    agent_id = e.json()["agent_id"]
+    page = admin.get(f"/t/{acme}/switches")
+    assert "pbx-host" in page.text and agent_id in page.text
+    bad = admin.post(
+        f"/t/{acme}/switches/token", data={"switch": "", "csrf_token": csrf_of(page.text)}
+    )
+    assert bad.status_code == 422 and "switch:" in bad.text
+    r = admin.post(
+        f"/t/{acme}/switches/revoke", data={"agent_id": agent_id, "csrf_token": csrf_of(page.text)}
+    )
+    assert r.status_code == 200 and "revoked" in r.text
+    import psycopg
+
+    with psycopg.connect(collector_server.database_url) as conn:
+        row = conn.execute("SELECT revoked_at FROM agent WHERE id = %s", (agent_id,)).fetchone()
+    assert row is not None and row[0] is not None
+
+
+def test_revoke_refuses_another_tenants_agent(
+    base: str, seeded: Seeded, collector_server: CollectorServer
+) -> None:
+    other = collector_server.enroll("globex", "gx-1")
+    acme = seeded.tenant_ids["acme"]
+    admin = login(base, "alice")
+    page = admin.get(f"/t/{acme}/switches")
+    r = admin.post(
+        f"/t/{acme}/switches/revoke",
+        data={"agent_id": other.agent_id, "csrf_token": csrf_of(page.text)},
+    )
+    assert r.status_code == 404
+    ingest = Ingest(collector_server, other)
+    assert ingest.send([cdr(1)])["accepted"] == 1  # still enrolled
+
+
+def test_dashboard_json_counts_only_the_tenants_calls(
+    base: str, seeded: Seeded, collector_server: CollectorServer
+) -> None:
+    acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
+    Ingest(collector_server, collector_server.enroll("acme", "sw1")).send(
+        [cdr(i, answered=i % 4 != 0) for i in range(8)]
+    )
+    Ingest(collector_server, collector_server.enroll("globex", "gx")).send([cdr(50)])
+    c = login(base, "victor")
+    d = c.get(f"/t/{acme}/dashboard.json", params={"period": "24h"}).json()
+    assert d["kpis"]["calls"]["value"] == 8
+    assert d["kpis"]["answered"]["value"] == 6
+    assert d["kpis"]["asr"]["value"] == 75.0
+    assert d["kpis"]["minutes"]["value"] == 6.0
+    assert d["kpis"]["calls"]["previous"] == 0 and d["kpis"]["calls"]["change_pct"] is None
+    assert sum(d["series"]["calls"]) == 8
+    root = login(base, "root")
+    g = root.get(f"/t/{globex}/dashboard.json", params={"period": "24h"}).json()
+    assert g["kpis"]["calls"]["value"] == 1
+    bad = c.get(f"/t/{acme}/dashboard.json", params={"period": "forever"})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("period:")
+    bad = c.get(f"/t/{acme}/dashboard.json", params={"switch": "x"})
+    assert bad.status_code == 422 and bad.json()["error"].startswith("switch:")
+
+
+def test_sse_delivers_own_tenant_batches_and_resumes(
+    base: str, seeded: Seeded, collector_server: CollectorServer
+) -> None:
+    acme = seeded.tenant_ids["acme"]
+    mine = Ingest(collector_server, collector_server.enroll("acme", "sw1"))
+    theirs = Ingest(collector_server, collector_server.enroll("globex", "gx"))
+    c = login(base, "victor")
+    with SSEReader(c, f"/t/{acme}/events") as stream:  # subscribed once this returns
+        theirs.send([cdr(100)])
+        mine.send([cdr(1), cdr(2)])
+        first = stream.next_event()
+        theirs.send([cdr(101)])
+        mine.send([cdr(3)])
+        second = stream.next_event()
+    for _id, name, data in (first, second):
+        assert name == "cdr"
+        assert data["tenant_id"] == acme  # never globex's
+    assert first[2]["accepted"] == 2 and second[2]["accepted"] == 1
+    # Resume: a reconnect with Last-Event-ID gets what it missed, from the broker's ring.
+    mine.send([cdr(4), cdr(5), cdr(6)])
+    with SSEReader(c, f"/t/{acme}/events", {"Last-Event-ID": first[0]}) as stream:
+        assert stream.next_event()[0] == second[0]
+        missed = stream.next_event()
+        assert missed[1] == "cdr" and missed[2]["accepted"] == 3
+    # An unknown resume point (another process, or a restart) gets a resync event.
+    with SSEReader(c, f"/t/{acme}/events", {"Last-Event-ID": "deadbeef-5"}) as stream:
+        assert stream.next_event()[1] == "resync"
