@@ -158,3 +158,14 @@ def test_stamps_in_dst_changes_follow_the_csv_rules() -> None:
     cdr = cdr_of(v)
     assert cdr.start == datetime(2026, 10, 25, 0, 59, tzinfo=UTC)  # first 02:59 (+02:00)
     assert cdr.end == datetime(2026, 10, 25, 1, 1, tzinfo=UTC)  # second 02:01 (+01:00)
+
+
+@pytest.mark.parametrize(
+    ("name", "code"),
+    [("GATEWAY_DOWN", 609), ("NO_PICKUP", 612), ("MANAGER_REQUEST", 503), ("LOSE_RACE", 502)],
+)
+def test_freeswitch_own_cause_names(name: str, code: int) -> None:
+    """switch_call_cause_t values beyond Q.850 keep FreeSWITCH's numbers."""
+    v = {**call_variables(10, answered=False), "hangup_cause": name, "hangup_cause_q850": ""}
+    cdr = cdr_of(v)
+    assert cdr.hangup_cause == code and cdr.disposition is Disposition.FAILED
