@@ -19,7 +19,8 @@ Rules (README "Normalization"):
   `proto_specific_hangup_cause` / `last_bridge_proto_specific_hangup_cause`.
 * disposition: from the cause and whether the call was answered, refined by the SIP code
   (486/600 busy, 487 cancelled) and `sip_hangup_disposition` (`recv_cancel`: cancelled).
-* source IP `sip_received_ip` > `sip_network_ip` > `network_addr`; trunk `sip_gateway_name`;
+* source IP `sip_received_ip` > `sip_network_ip` > `network_addr`; trunk `sip_gateway_name`, or
+  the gateway of the bridged channel (`bridge_channel` = `sofia/gateway/<gateway>/...`);
   codecs `read_codec` / `write_codec`; user agent `sip_user_agent`; direction: outbound when a
   gateway was used, else the channel's `direction` variable.
 * everything else goes to `extra` under the variable's name.
@@ -219,6 +220,14 @@ def _ip(variables: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _gateway_of(channel: str) -> str | None:
+    """The gateway of a Sofia channel name `sofia/gateway/<gateway>/<number>`, else None."""
+    if channel.startswith("sofia/gateway/"):
+        name = channel[14:].split("/", 1)[0]
+        return name or None
+    return None
+
+
 def _first(variables: Mapping[str, Any], *names: str) -> str:
     for name in names:
         text = _text(variables.get(name))
@@ -293,7 +302,9 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
     sip_disp = _text(variables.get("sip_hangup_disposition"))
     disposition = _disposition(cause, billsec, answer is not None, sip_code, sip_disp)
 
-    trunk = _first(variables, "sip_gateway_name") or None
+    trunk = _first(variables, "sip_gateway_name") or _gateway_of(
+        _first(variables, "bridge_channel")
+    )
     direction = _DIRECTIONS.get(_text(variables.get("direction")).lower(), Direction.UNKNOWN)
     if trunk is not None:
         direction = Direction.OUTBOUND

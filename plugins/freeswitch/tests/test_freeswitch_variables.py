@@ -101,6 +101,12 @@ def test_network_fields() -> None:
     assert cdr.direction is Direction.INBOUND and cdr.src_ip == "10.0.0.1"
     v["network_addr"] = "not-an-ip"
     assert cdr_of(v).src_ip is None
+    # An A leg bridged to a gateway (legs = "a": the B leg's CDR is not written)
+    v["bridge_channel"] = "sofia/gateway/carrier-b/0145000000"
+    cdr = cdr_of(v)
+    assert (cdr.trunk, cdr.direction) == ("carrier-b", Direction.OUTBOUND)
+    v["bridge_channel"] = "sofia/internal/1002@10.0.0.2"
+    assert cdr_of(v).trunk is None
 
 
 def test_b_legs_skipped_or_kept() -> None:
