@@ -24,8 +24,9 @@ from collector_testkit import body_of
 from tests.fix_db import CollectorServer, create_database, drop_database, with_dbname
 
 PASSWORD = "correct horse battery"
-BASE = datetime(2026, 3, 20, 8, 0, tzinfo=UTC)
-"""Seeded calls start here and spread over the following 14 days (a DST change in both zones)."""
+BASE = datetime(2026, 3, 5, 8, 0, tzinfo=UTC)
+"""Seeded calls start here, one every 317 minutes (26 days for 120 calls): both tenants' DST
+changes (America/New_York 2026-03-08, Europe/Paris 2026-03-29) are inside."""
 
 
 @dataclass
@@ -56,7 +57,7 @@ def make_cdrs(prefix: str, callee_cc: str, count: int, start: datetime = BASE) -
     }
     out: list[CDR] = []
     for i in range(count):
-        t0 = start + timedelta(minutes=97 * i)
+        t0 = start + timedelta(minutes=317 * i)
         disp = dispositions[i % len(dispositions)]
         answered = disp is Disposition.ANSWERED
         ring = 2 + i % 7
@@ -123,6 +124,10 @@ def seed_two_tenants(database_url: str, per_switch: int = 120) -> Seed:
             "a-sw2": add_agent(conn, a, "a-sw2"),
             "b-sw1": add_agent(conn, b, "b-sw1"),
         }
+        conn.execute(
+            "INSERT INTO dial_prefix (prefix, name, country, kind) VALUES"
+            " ('336', 'France mobile', 'FR', 'mobile'), ('1', 'North America', NULL, NULL)"
+        )
         users.add_user(conn, "root", "superadmin", PASSWORD)
         users.add_user(conn, "a_viewer", "tenant_viewer", PASSWORD, "acme")
         users.add_user(conn, "a_admin", "tenant_admin", PASSWORD, "acme")

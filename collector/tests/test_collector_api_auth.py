@@ -149,3 +149,73 @@ def test_rls_is_forced_for_tables_with_tenant_id(database_url: str) -> None:
         ).fetchall()
     assert rows, "no tenant tables found"
     assert [r for r in rows if not (r[1] and r[2])] == []
+
+
+# --- principal() over HTTP: bearer tokens and console sessions ----------------------------------
+
+
+def _app(pool: Any) -> Any:
+    from types import SimpleNamespace
+
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.middleware.sessions import SessionMiddleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def login(request: Request) -> JSONResponse:
+        request.session["user_id"] = int(request.query_params["id"])
+        return JSONResponse({})
+
+    async def whoami(request: Request) -> JSONResponse:
+        who = await auth.principal(request)
+        return JSONResponse(None if who is None else [who.username, who.role, who.tenant_id])
+
+    async def admin_only(request: Request) -> JSONResponse:
+        who = await auth.require(request, roles=("superadmin", "tenant_admin"))
+        return JSONResponse(who.username)
+
+    app = Starlette(
+        routes=[Route("/login", login), Route("/whoami", whoami), Route("/admin", admin_only)],
+        middleware=[Middleware(SessionMiddleware, secret_key="test-secret")],
+    )
+    app.state.collector = SimpleNamespace(pool=pool)
+    return app
+
+
+async def test_principal_from_token_or_session(database_url: str) -> None:
+    import httpx
+    from psycopg_pool import AsyncConnectionPool
+
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tenants.add_tenant(conn, "acme")
+        uid = users.add_user(conn, "alice", "tenant_viewer", "correct horse 1", "acme")
+        root = users.add_user(conn, "root", "superadmin", "correct horse 1")
+        token = auth.create_token(conn, "alice")
+        expired = auth.create_token(conn, "root", ttl=timedelta(microseconds=1))
+        revoked = auth.create_token(conn, "root")
+        assert auth.revoke_tokens(conn, "root") == 2
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+        app = _app(pool)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.get("/whoami", headers={"Authorization": f"Bearer {token}"})
+            assert r.json() == ["alice", "tenant_viewer", 1]
+            for bad in (expired, revoked, token + "x", "cdrs_api_", "other_prefix"):
+                r = await client.get("/whoami", headers={"Authorization": f"Bearer {bad}"})
+                assert r.json() is None, bad
+            assert (await client.get("/whoami")).json() is None
+            r = await client.get("/admin")
+            assert r.status_code == 401 and "WWW-Authenticate" in r.headers
+            r = await client.get("/admin", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 403
+            await client.get("/login", params={"id": uid})
+            assert (await client.get("/whoami")).json() == ["alice", "tenant_viewer", 1]
+            # a wrong bearer token is not rescued by the session
+            r = await client.get("/whoami", headers={"Authorization": "Bearer cdrs_api_nope"})
+            assert r.json() is None
+            await client.get("/login", params={"id": root})
+            assert (await client.get("/admin")).json() == "root"
+            await client.get("/login", params={"id": 999_999})
+            assert (await client.get("/whoami")).json() is None

@@ -85,6 +85,14 @@ BEGIN
 END
 $$;
 
--- CDR search: newest first over all switches of a tenant, keyset on (start_time, key).
--- (The primary key starts with switch_id, which a tenant-wide search does not give.)
-CREATE INDEX cdr_tenant_start_idx ON cdr (tenant_id, start_time, key);
+-- dial_prefix is shared by all tenants (names of destinations): readable, not writable.
+GRANT SELECT ON dial_prefix TO cdrstats_reader;
+
+-- CDR search (search.py): newest first over all switches of a tenant, keyset on
+-- (start_time, key, switch_id). The primary key starts with switch_id, which a tenant-wide
+-- search does not give.
+CREATE INDEX cdr_tenant_start_idx ON cdr (tenant_id, start_time, key, switch_id);
+-- Number look-ups, exact or by prefix (byte order: text_pattern_ops, whatever the collation).
+-- "contains" and "ends with" are not indexed: they filter the time range newest first.
+CREATE INDEX cdr_tenant_callee_idx ON cdr (tenant_id, callee text_pattern_ops);
+CREATE INDEX cdr_tenant_caller_idx ON cdr (tenant_id, caller text_pattern_ops);
