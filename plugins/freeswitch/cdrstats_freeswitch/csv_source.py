@@ -101,7 +101,8 @@ class CsvSource:
                 values = inner.split(sep)
                 if len(values) == count:
                     return values
-        return self.template.split(text)
+        cut: list[str] = self.template.split(text)
+        return cut
 
     def values(self, data: bytes) -> dict[str, str]:
         """The template's variables from one line; RecordError says why it cannot be cut."""
