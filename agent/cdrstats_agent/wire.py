@@ -660,10 +660,14 @@ def check_live_value(key: str, value: Any) -> Any:
             raise WireError(f"{key} must be a string, got {type(value).__name__}")
         if len(value) > LIVE_MAX_TEXT:
             raise WireError(f"{key} is longer than {LIVE_MAX_TEXT} characters")
+        if "\x00" in value:
+            raise WireError(f"{key} contains a NUL character")
         if key == "src_ip":
             try:
-                ipaddress.ip_address(value)
+                addr = ipaddress.ip_address(value)
             except ValueError:
+                addr = None
+            if addr is None or getattr(addr, "scope_id", None):
                 raise WireError(f"src_ip {value!r:.60} is not an IP address") from None
     elif key == "direction":
         if value not in LIVE_DIRECTIONS:
@@ -703,6 +707,8 @@ def _check_call_id(value: Any, where: str) -> None:
         raise WireError(f"{where} must be a non-empty string")
     if len(value) > LIVE_MAX_TEXT:
         raise WireError(f"{where} is longer than {LIVE_MAX_TEXT} characters")
+    if "\x00" in value:
+        raise WireError(f"{where} contains a NUL character")
 
 
 def check_live_event(event: Any, where: str = "event") -> None:
@@ -768,7 +774,7 @@ def check_live_payload(payload: dict[str, Any], signer: str) -> LiveMessage:
     )
     if agent != signer:
         raise WireError("payload agent differs from envelope agent")
-    if type(stream) is not str or not (0 < len(stream) <= LIVE_MAX_STREAM):
+    if type(stream) is not str or not (0 < len(stream) <= LIVE_MAX_STREAM) or "\x00" in stream:
         raise WireError(f"stream must be a string of 1 to {LIVE_MAX_STREAM} characters")
     if type(seq) is not int or not (1 <= seq < 2**63):
         raise WireError("seq must be a positive integer")
@@ -783,7 +789,7 @@ def check_live_payload(payload: dict[str, Any], signer: str) -> LiveMessage:
         if not isinstance(entry, dict) or set(entry) != {"source", "events"}:
             raise WireError(f"{where} must be a map with 'source' and 'events'")
         name, events = entry["source"], entry["events"]
-        if type(name) is not str or not (0 < len(name) <= 64):
+        if type(name) is not str or not (0 < len(name) <= 64) or "\x00" in name:
             raise WireError(f"{where}.source must be a string of 1 to 64 characters")
         if name in seen:
             raise WireError(f"{where}.source {name!r} appears twice")
@@ -819,7 +825,12 @@ def live_event_to_wire(event: Any) -> tuple[dict[str, Any], list[str]]:
                 problems.append(f"calls[{n}] is not a mapping")
                 continue
             call_id = call.get("call_id")
-            if not isinstance(call_id, str) or not call_id or len(call_id) > LIVE_MAX_TEXT:
+            if (
+                not isinstance(call_id, str)
+                or not call_id
+                or len(call_id) > LIVE_MAX_TEXT
+                or ("\x00" in call_id)
+            ):
                 problems.append(f"calls[{n}].call_id {call_id!r:.40} is not a usable call id")
                 continue
             clean = _clean_data(call, problems, f"calls[{n}].", skip="call_id")
@@ -828,7 +839,12 @@ def live_event_to_wire(event: Any) -> tuple[dict[str, Any], list[str]]:
         out["calls"] = calls
         return out, problems
     call_id = getattr(event, "call_id", None)
-    if not isinstance(call_id, str) or not call_id or len(call_id) > LIVE_MAX_TEXT:
+    if (
+        not isinstance(call_id, str)
+        or not call_id
+        or len(call_id) > LIVE_MAX_TEXT
+        or ("\x00" in call_id)
+    ):
         raise WireError(f"live {kind} event: call_id {call_id!r:.40} is not a usable call id")
     out["call_id"] = call_id
     data = getattr(event, "data", None) or {}

@@ -125,6 +125,12 @@ def test_unusable_events_are_refused() -> None:
         ({"kind": "answered", "at": 1, "call_id": "a", "data": {"src_ip": "x"}}, "not an IP"),
         ({"kind": "answered", "at": 1, "call_id": "a", "data": {"sip_code": -1}}, "sip_code"),
         ({"kind": "answered", "at": 1, "call_id": "a", "data": {"zz": 1}}, "unknown live data"),
+        ({"kind": "answered", "at": 1, "call_id": "a", "data": {"callee": "1\x00"}}, "NUL"),
+        ({"kind": "ended", "at": 1, "call_id": "a\x00b"}, "call_id contains a NUL"),
+        (
+            {"kind": "answered", "at": 1, "call_id": "a", "data": {"src_ip": "fe80::1%eth0"}},
+            "not an IP address",
+        ),
     ],
 )
 def test_strict_check_names_the_problem(event: dict[str, Any], message: str) -> None:

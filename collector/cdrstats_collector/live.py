@@ -421,6 +421,11 @@ async def live_endpoint(request: Request) -> Response:
             outcome = await apply_message(conn, agent, message, stale_s=state.settings.live_stale_s)
     except (psycopg.OperationalError, PoolTimeout):
         return _unavailable()
+    except (psycopg.DataError, psycopg.IntegrityError) as exc:
+        # The payload checks should make this impossible; never a 500 for client input.
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.error("live_not_stored", agent=envelope.signer, reason=text)
+        return _invalid(f"live message cannot be stored: {text}", envelope.signer)
     if isinstance(outcome, Stale):
         log.warning("live_stale", agent=envelope.signer, seq=message.seq, reason=outcome.reason)
         return replies.error(409, outcome.reason)

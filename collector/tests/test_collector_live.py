@@ -61,13 +61,11 @@ def message(
     return wire.seal_live(agent.agent_id, stream, seq, streams, agent.key, sent_at=sent_at)
 
 
-def post(url: str, data: bytes) -> httpx.Response:
-    return httpx.post(
-        url + "/api/v1/live",
-        content=data,
-        headers={"content-type": "application/msgpack"},
-        timeout=30,
-    )
+def post(url: str, data: bytes, client: httpx.Client | None = None) -> httpx.Response:
+    headers = {"content-type": "application/msgpack"}
+    if client is not None:
+        return client.post(url + "/api/v1/live", content=data, headers=headers)
+    return httpx.post(url + "/api/v1/live", content=data, headers=headers, timeout=30)
 
 
 def calls(database_url: str) -> dict[str, tuple[Any, ...]]:
@@ -394,3 +392,95 @@ def test_live_calls_api_is_tenant_scoped(collector_server: CollectorServer) -> N
     r = get(tokens["root"], tenant=tb)
     assert r.status_code == 200
     assert sorted(c["call_id"] for c in r.json()["calls"]) == ["b1", "b2"]
+
+
+FUZZ_VALUES: list[Any] = [
+    None,
+    True,
+    0,
+    -1,
+    2**31,
+    2**63 - 1,
+    -(2**63),
+    1.5,
+    float("nan"),
+    "",
+    "x" * 3000,
+    "nul\x00",
+    "fe80::1%eth0",
+    "192.0.2.1",
+    "answered",
+    "snapshot",
+    b"\xff\xfe",
+    [],
+    [1, [2, [3]]],
+    {},
+    {"call_id": "z"},
+    {"k": [None, {"deep": 1.5}]},
+]
+
+
+def _mutate(doc: Any, rng: Any) -> Any:
+    """`doc` with one value somewhere replaced by an odd one (or a key added/removed)."""
+    if isinstance(doc, dict) and doc and rng.random() < 0.7:
+        key = rng.choice(list(doc))
+        roll = rng.random()
+        if roll < 0.15:
+            return {k: v for k, v in doc.items() if k != key}
+        if roll < 0.25:
+            return {
+                **doc,
+                rng.choice(["zz", "calls", "data", "call_id", 7]): rng.choice(FUZZ_VALUES),
+            }
+        return {**doc, key: _mutate(doc[key], rng)}
+    if isinstance(doc, list) and doc and rng.random() < 0.7:
+        i = rng.randrange(len(doc))
+        return [*doc[:i], _mutate(doc[i], rng), *doc[i + 1 :]]
+    return rng.choice(FUZZ_VALUES)
+
+
+def test_fuzzed_live_messages_never_get_a_500(
+    collector_server: CollectorServer, agent: EnrolledAgent
+) -> None:
+    import random
+
+    rng = random.Random(20261126)
+    url, db = collector_server.url, collector_server.database_url
+    events = {
+        "fs1": [
+            snapshot("a", "b"),
+            started("c", src_ip="192.0.2.9", direction="inbound", start=T),
+            answered("c", answer=T + 2),
+            ended("a"),
+        ],
+        "fs2": [started("x")],
+    }
+    good = wire.live_payload(wire.unseal(message(agent, 1, events), "live"))
+    statuses: dict[int, int] = {}
+    client = httpx.Client(timeout=30)
+    for n in range(200):
+        payload = _mutate(good, rng)
+        if isinstance(payload, dict):
+            payload = {**payload, "seq": n + 1, "sent_at": wire.now_us()}
+        try:
+            packed = msgpack.packb(payload, use_bin_type=True)
+        except (TypeError, ValueError):
+            continue
+        envelope = {
+            "v": 1,
+            "type": "live",
+            "agent": agent.agent_id,
+            "payload": packed,
+            "sig": agent.key.sign(packed).signature,
+        }
+        r = post(url, msgpack.packb(envelope, use_bin_type=True), client)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+        assert r.status_code in (200, 409, 422), (n, payload, r.text)
+    client.close()
+    assert statuses.get(422, 0) > 50 and statuses.get(200, 0) > 0, statuses
+    # The state is still usable: a good snapshot puts it right.
+    final = message(agent, 10_000, {"fs1": [snapshot("ok")], "fs2": [snapshot()]})
+    assert post(url, final).status_code == 200
+    assert set(calls(db)) == {"ok"} | {
+        k for k, v in calls(db).items() if v[0] not in ("fs1", "fs2")
+    }
