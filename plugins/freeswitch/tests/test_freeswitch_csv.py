@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from cdrstats_agent.errors import ConfigError
+from cdrstats_agent.errors import ConfigError, SourceError
 from cdrstats_agent.model import Disposition
 from freeswitch_testkit import (
     REFERENCE,
@@ -222,3 +222,10 @@ def test_option_errors_name_the_key(options: dict[str, str], key: str, problem: 
     with pytest.raises(ConfigError) as info:
         make_source({**OPTS, "path": "/nonexistent", **options})
     assert info.value.key == key and problem in str(info.value)
+
+
+async def test_check(tmp_path: Path) -> None:
+    await make_source({**OPTS, "path": str(tmp_path)}).check()
+    await make_source({**OPTS, "path": str(tmp_path / "Master.csv")}).check()  # not yet created
+    with pytest.raises(SourceError, match="does not exist, nor does its directory"):
+        await make_source({**OPTS, "path": str(tmp_path / "no" / "Master.csv")}).check()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -128,6 +129,8 @@ async def test_events_and_snapshots_from_the_wire() -> None:
     finally:
         await live.close()
         peer.stop()
+    # Closing live() ends the greenswitch thread and its connection.
+    assert not [t for t in threading.enumerate() if t.name.startswith("esl-")]
 
 
 async def test_wrong_password_is_a_clear_error_and_retried(
