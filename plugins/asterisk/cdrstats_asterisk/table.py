@@ -5,7 +5,8 @@ it re-reads the lookback window of the table every `interval` seconds, admits ea
 through a `Window` (window.py), maps it with the csv plugin's Asterisk mapping, and yields
 `ReadResult`s whose checkpoint is the window's JSON.
 
-Blocking driver calls run in threads (`asyncio.to_thread`); one connection per `read()`,
+Blocking driver calls run in one worker thread per `read()` (so that a cancelled fetch and
+the close that follows never run at once on a connection); one connection per `read()`,
 closed when the reader stops. Errors are raised (the agent restarts the source from its last
 checkpoint); `SourceError` for what an operator must fix.
 """
@@ -13,9 +14,11 @@ checkpoint); `SourceError` for what an operator must fix.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta, tzinfo
 from decimal import Decimal
@@ -32,6 +35,8 @@ from .window import Value, Window, digest
 
 log = get_logger("cdrstats.plugins.asterisk")
 
+_Runner = Callable[..., "asyncio.Future[Any]"]
+"""Runs a blocking call in the reader's worker thread."""
 STORES = ("mysql", "pgsql", "sqlite", "mysql-legacy")
 LOGGED_REJECTS_PER_CHUNK = 20
 
@@ -98,7 +103,12 @@ class Dialect:
 
     def stream(self, db: Any, sql: str, params: tuple[Any, ...]) -> tuple[Cursor, list[str]]:
         cur = db.cursor()
-        cur.execute(sql, params)
+        try:
+            cur.execute(sql, params)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.close()
+            raise
         return cur, [d[0] for d in cur.description]
 
     def end_stream(self, db: Any, cur: Cursor) -> None:
@@ -144,7 +154,12 @@ class MySQLDialect(Dialect):
         import pymysql.cursors
 
         cur = db.cursor(pymysql.cursors.SSCursor)  # rows stream from the server
-        cur.execute(sql, params)
+        try:
+            cur.execute(sql, params)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.close()
+            raise
         return cur, [d[0] for d in cur.description]
 
 
@@ -165,9 +180,13 @@ class PostgresDialect(Dialect):
     def stream(self, db: Any, sql: str, params: tuple[Any, ...]) -> tuple[Cursor, list[str]]:
         cur = db.cursor(name="cdrstats_asterisk")  # a server-side cursor: rows stream
         cur.itersize = 2000
-        cur.execute(sql, params)
-        if cur.description is None:  # named cursors describe after the first fetch
-            cur.fetchmany(0)
+        try:
+            cur.execute(sql, params)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                cur.close()
+                db.rollback()
+            raise
         return cur, [d[0] for d in cur.description]
 
     def end_stream(self, db: Any, cur: Cursor) -> None:
@@ -360,45 +379,72 @@ class TableSource:
                 raise SourceError(
                     f"source {self.name}: cannot resume from checkpoint: {exc}"
                 ) from None
-        db = await asyncio.to_thread(self._connect)
+        worker = ThreadPoolExecutor(1, thread_name_prefix=f"cdr-{self.name}")
+        loop = asyncio.get_running_loop()
+
+        def run(fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+            return loop.run_in_executor(worker, fn, *args)
+
+        connecting = run(self._connect)
+        try:
+            db = await asyncio.shield(connecting)
+        except BaseException:
+            with contextlib.suppress(BaseException):
+                (await connecting).close()
+            worker.shutdown(wait=False)
+            raise
         try:
             last = checkpoint
             if checkpoint is None and self.start_at == "end":
-                top = await asyncio.to_thread(self.dialect.scalar, db, self._max_sql())
+                top = await run(self.dialect.scalar, db, self._max_sql())
                 if top is not None:
                     window.top = cursor_value(top, self.kind)
                     window.settle()
-                    async for _ in self._poll(db, window, silent=True):
-                        pass
+                    async with contextlib.aclosing(self._poll(run, db, window, True)) as skip:
+                        async for _ in skip:
+                            pass
                 last = window.dumps()
                 yield ReadResult([], last)
             while True:
-                async for result in self._poll(db, window):
-                    if result.cdrs or result.rejected or result.checkpoint != last:
-                        last = result.checkpoint
-                        yield result
+                # aclosing: a reader stopped at `yield` closes the query's cursor now
+                async with contextlib.aclosing(self._poll(run, db, window)) as results:
+                    async for result in results:
+                        if result.cdrs or result.rejected or result.checkpoint != last:
+                            last = result.checkpoint
+                            yield result
                 self.stats["polls"] += 1
                 await asyncio.sleep(self.interval)
         finally:
-            await asyncio.to_thread(db.close)
+            try:
+                await asyncio.shield(run(db.close))
+            finally:
+                worker.shutdown(wait=False)
 
     async def _poll(
-        self, db: Any, window: Window, silent: bool = False
+        self, run: _Runner, db: Any, window: Window, silent: bool = False
     ) -> AsyncGenerator[ReadResult, None]:
         sql, params = self._select(window.lower_bound())
-        cur, names = await asyncio.to_thread(self.dialect.stream, db, sql, params)
+        opening = run(self.dialect.stream, db, sql, params)
+        try:
+            cur, names = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # Stopped while the query runs: let it finish, then close its cursor.
+            with contextlib.suppress(Exception):
+                cur, _ = await opening
+                await run(self.dialect.end_stream, db, cur)
+            raise
         try:
             mapping = self._mapping_for(names)
             index = [n.lower() for n in names].index(self.cursor_column.split(".")[-1].lower())
             while True:
-                rows = await asyncio.to_thread(cur.fetchmany, self.chunk_cdrs)
+                rows = await run(cur.fetchmany, self.chunk_cdrs)
                 if not rows:
                     break
                 cdrs, rejected = self._admit(rows, index, mapping, window, silent)
                 window.settle()
                 yield ReadResult(cdrs, window.dumps(), rejected)
         finally:
-            await asyncio.to_thread(self.dialect.end_stream, db, cur)
+            await asyncio.shield(run(self.dialect.end_stream, db, cur))
 
     def _admit(
         self,

@@ -150,6 +150,8 @@ async def drain(
     try:
         while True:
             now = loop.time()
+            if quiet_until is None and len(out.cdrs) + len(out.rejected) >= want:
+                quiet_until = now + settle
             if quiet_until is not None and now >= quiet_until:
                 break
             if now >= deadline:
@@ -164,8 +166,6 @@ async def drain(
             if pending in done:
                 out.results.append(pending.result())
                 pending = None
-            if quiet_until is None and len(out.cdrs) + len(out.rejected) >= want:
-                quiet_until = loop.time() + settle
     finally:
         if pending is not None:
             pending.cancel()
