@@ -1,0 +1,79 @@
+"""Fixtures of the kamailio plugin tests: the real Kamailio rig (session-scoped).
+
+Tests that need Kamailio and sipp skip when they are not installed, except under CI=true where
+they fail: CI installs them (.ci/run), so a missing binary there is a broken build.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kamailio_testkit import (
+    BEHAVIOURS,
+    REFERENCE,
+    KamailioDB,
+    KamailioProcess,
+    Uas,
+    binaries_missing,
+)
+
+
+def require_rig() -> None:
+    reason = binaries_missing()
+    if reason is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def kamailio_reference() -> Path:
+    path = REFERENCE / "kamailio"
+    if not path.is_dir():
+        pytest.fail(f"reference data not found at {path} (../shared/reference beside the repo)")
+    return path
+
+
+@pytest.fixture
+def scratch_db(kamailio_reference: Path) -> Iterator[KamailioDB]:
+    """A fresh MariaDB database with the Kamailio schema (no Kamailio needed)."""
+    db = KamailioDB(f"cdrstats_kam_t{os.getpid()}")
+    try:
+        yield db
+    finally:
+        db.drop()
+
+
+@dataclass
+class Rig:
+    db: KamailioDB
+    kamailio: KamailioProcess
+    uas: dict[str, Uas]
+    workdir: Path
+
+
+@pytest.fixture(scope="session")
+def kamailio_rig(
+    tmp_path_factory: pytest.TempPathFactory, kamailio_reference: Path
+) -> Iterator[Rig]:
+    require_rig()
+    workdir = tmp_path_factory.mktemp("kamailio-rig")
+    db = KamailioDB(f"cdrstats_kam_rig{os.getpid()}")
+    uas = {b: Uas(workdir, b, hold_ms=2000) for b in BEHAVIOURS}
+    kamailio = KamailioProcess(workdir, db, {b: u.port for b, u in uas.items()})
+    try:
+        for u in uas.values():
+            u.start()
+        kamailio.check_cfg()
+        kamailio.start()
+        yield Rig(db, kamailio, uas, workdir)
+    finally:
+        kamailio.stop()
+        for u in uas.values():
+            u.stop()
+        db.drop()
