@@ -236,7 +236,10 @@ def _print_live(config: Config) -> None:
     )
     for name, view in sorted(sources.items()):
         if isinstance(view, dict):
-            flags = [] if view.get("running") else ["live() not running"]
+            if view.get("unavailable"):
+                flags = ["no live calls as configured"]
+            else:
+                flags = [] if view.get("running") else ["live() not running"]
             if view.get("resync"):
                 flags.append("waiting for a snapshot")
             extra = f" ({', '.join(flags)})" if flags else ""

@@ -75,6 +75,8 @@ class _SourceQueue:
     calls: set[str] = field(default_factory=set)
     """Calls in progress as the source last described them (for status)."""
     running: bool = False
+    unavailable: bool = False
+    """live() ended at once, without an event: the source has no live calls as configured."""
     dropped: int = 0
 
 
@@ -264,16 +266,24 @@ class LiveChannel:
             raise ValueError(f"source {name!r} has no live()")
         q = self.buffer.queue(name)
         failures = 0
+        first = True
         while True:
             events: AsyncIterator[LiveEvent] | None = None
             started = time.monotonic()
+            yielded = False
             try:
                 events = cast(LiveSource, source).live()
                 q.running = True
                 log.info("live_started", source=name)
                 async for event in events:
+                    yielded = True
                     self.accept(name, event)
                     failures = 0
+                if first and not yielded:
+                    # The plugin's way of saying "no live calls here" (e.g. no AMI login set).
+                    q.unavailable = True
+                    log.info("live_unavailable", source=name, reason="live() ended at once")
+                    return
                 log.warning("live_ended", source=name, after_s=round(time.monotonic() - started))
             except asyncio.CancelledError:
                 raise
@@ -286,6 +296,7 @@ class LiveChannel:
                 )
             finally:
                 q.running = False
+                first = False
                 if events is not None and hasattr(events, "aclose"):
                     with contextlib.suppress(Exception):
                         await events.aclose()
@@ -423,6 +434,7 @@ class LiveChannel:
                     "calls": len(q.calls),
                     "running": q.running,
                     "resync": q.resync,
+                    "unavailable": q.unavailable,
                     "dropped": q.dropped,
                 }
                 for name, q in sorted(self.buffer.sources().items())

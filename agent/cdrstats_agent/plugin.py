@@ -159,6 +159,9 @@ class LiveSource(Protocol):
         snapshot. On a lost connection to the switch, retry with backoff inside `live()` and
         log clearly; raise `SourceError` only for what retrying cannot fix (the agent logs it
         and calls `live()` again later, with backoff). `live()` never affects CDR reading.
+        A `live()` that ends at once without yielding anything, the first time, tells the agent
+        that the source has no live calls as configured (for example no AMI login set): it is
+        not called again.
         """
         ...
 

@@ -536,3 +536,41 @@ def test_every_live_option_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "agent.md").read_text()
     for f in fields(LiveSettings):
         assert f"| `{f.name}` |" in doc, f"docs/agent.md does not document [live] {f.name}"
+
+
+class NoLiveHere(ListSource):
+    """A source whose plugin has live() but no live calls as configured (it ends at once)."""
+
+    live_calls = 0
+
+    async def live(self) -> AsyncIterator[LiveEvent]:
+        self.live_calls += 1
+        return
+        yield  # an async generator that ends at once
+
+
+async def test_a_live_that_ends_at_once_means_no_live_calls(
+    tmp_path: Path, peer: CollectorPeer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    got = attach_live(peer)
+    identity, key = identity_for(peer)
+    quiet = NoLiveHere("ast", 50)
+    chatty = LiveListSource("fs1")
+    config = live_config(tmp_path, [peer.url])
+    agent = Agent(config, sources=[quiet, chatty], identity=identity, key=key)
+    async with running(agent):
+        live = agent.live
+        assert live is not None
+        await wait_until(lambda: live.buffer.queue("ast").unavailable, what="live_unavailable")
+        chatty.feed.put_nowait(snapshot("a"))
+        await wait_until(lambda: len(got.messages) == 1, what="the other source's snapshot")
+        await wait_until(lambda: len(peer.state.cdrs) == 50, what="the CDRs")
+        await asyncio.sleep(0.3)  # restarts would be due by now (backoff_max_s = 0.1)
+        await live.write_status()
+    assert quiet.live_calls == 1
+    status = read_status_file(tmp_path)
+    assert status is not None and status["sources"]["ast"]["unavailable"] is True
+    _print_live(Config(agent=agent_config(tmp_path, []).agent))
+    out = capsys.readouterr().out
+    assert "  live ast: 0 calls (no live calls as configured)" in out
+    assert "  live fs1: 1 calls (live() not running)" in out  # written at stop
