@@ -11,11 +11,13 @@ For every stored CDR the collector decides, once at ingest, where the call went:
    number (or the main region of its country calling code when the number is not valid) and
    its type (mobile, fixed, toll free...).
 
-Parsing with phonenumbers costs tens of µs, so results are cached by the number's leading
-digits and length: numbers that share their first `key_digits` digits (8, or the longest
-dial prefix if longer) and their length share one classification, computed for the number
-made of those digits followed by zeros. The result depends only on that key, never on which
-number came first. Numbers with no E.164 form (extensions, service codes) have no destination.
+Parsing with phonenumbers costs tens of µs, so what it says is cached by the country
+calling code, the next `NATIONAL_DIGITS` digits and the number's length: numbers sharing
+those share one answer, computed for the number made of those digits followed by zeros (the
+type of a number is decided by its leading digits in practically every numbering plan). The
+result depends only on that key, never on which number came first. The prefix table is a
+dict looked up once per distinct prefix length. Numbers with no E.164 form (extensions,
+service codes) have no destination.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ _KIND_OF_TYPE: dict[int, str] = {
     PhoneNumberType.VOICEMAIL: "voicemail",
 }
 
-MIN_KEY_DIGITS = 8
-CACHE_LIMIT = 200_000
+NATIONAL_DIGITS = 3
+CACHE_LIMIT = 100_000
+_CALLING_CODES = frozenset(str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
 Destination = tuple[str | None, str | None, str | None]
 """(dest_country, dest_kind, dest_prefix)."""
@@ -140,31 +143,31 @@ class Classifier:
     def __init__(self, prefixes: Iterable[DialPrefix] = ()) -> None:
         self.prefixes: dict[str, DialPrefix] = {p.prefix: p for p in prefixes}
         self._lengths = sorted({len(p) for p in self.prefixes}, reverse=True)
-        self.key_digits = max([MIN_KEY_DIGITS, *self._lengths])
-        self._cache: dict[tuple[str, int], Destination] = {}
+        self._library: dict[tuple[str, int], tuple[str | None, str]] = {}
 
     def destination(self, e164: str | None) -> Destination:
         """(country, kind, prefix) of an E.164 number ("+" and digits); all None for None."""
         if e164 is None or len(e164) < 2:
             return NO_DESTINATION
         digits = e164[1:]
-        key = (digits[: self.key_digits], len(digits))
-        found = self._cache.get(key)
+        row = self._longest_match(digits) if self._lengths else None
+        if row is not None and row.country is not None and row.kind is not None:
+            return (row.country, row.kind, row.prefix)
+        if digits[:1] in _CALLING_CODES:
+            n = 1
+        elif digits[:2] in _CALLING_CODES:
+            n = 2
+        else:
+            n = 3
+        key = (digits[: n + NATIONAL_DIGITS], len(digits))
+        found = self._library.get(key)
         if found is None:
-            if len(self._cache) >= CACHE_LIMIT:
-                self._cache.clear()
-            found = self._cache[key] = self._classify(key[0], key[1])
-        return found
-
-    def _classify(self, lead: str, length: int) -> Destination:
-        row = self._longest_match(lead)
-        country = row.country if row else None
-        kind = row.kind if row else None
-        if country is None or kind is None:
-            pn_country, pn_kind = _library_destination(lead, length)
-            country = country or pn_country
-            kind = kind or pn_kind
-        return (country, kind, row.prefix if row else None)
+            if len(self._library) >= CACHE_LIMIT:
+                self._library.clear()
+            found = self._library[key] = _library_destination(key[0], key[1])
+        if row is None:
+            return (found[0], found[1], None)
+        return (row.country or found[0], row.kind or found[1], row.prefix)
 
     def _longest_match(self, digits: str) -> DialPrefix | None:
         for n in self._lengths:
