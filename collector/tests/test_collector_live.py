@@ -484,3 +484,9 @@ def test_fuzzed_live_messages_never_get_a_500(
     assert set(calls(db)) == {"ok"} | {
         k for k, v in calls(db).items() if v[0] not in ("fs1", "fs2")
     }
+
+
+def test_the_broker_listens_on_the_live_channel() -> None:
+    from cdrstats_collector import realtime
+
+    assert realtime.LIVE_CHANNEL == live.NOTIFY_CHANNEL
