@@ -252,6 +252,8 @@ class LiveChannel:
         self.sent_events = 0
         self.lost_messages = 0
         self._problems_logged: dict[str, float] = {}
+        self._refusal: str | None = None
+        """The last refusal logged (409/413/422 + reason); logged again only when it changes."""
 
     @property
     def url(self) -> str:
@@ -378,6 +380,7 @@ class LiveChannel:
         status = response.status_code
         if status == 200:
             self._up(url)
+            self._refusal = None
             self.sent_messages += 1
             self.sent_events += count
             log.debug("live_sent", seq=self.seq, events=count, sources=len(streams))
@@ -389,7 +392,11 @@ class LiveChannel:
         if status in (409, 413, 422):
             # The collector refused this message (stale, too large, malformed): it is lost,
             # the next snapshot of each source in it starts over.
-            log.error("live_refused", url=url, seq=self.seq, events=count, reason=reason)
+            if reason != self._refusal:
+                log.error("live_refused", url=url, seq=self.seq, events=count, reason=reason)
+                self._refusal = reason
+            else:
+                log.debug("live_refused", url=url, seq=self.seq, events=count, reason=reason)
             self.last_error = f"{url}: {reason}"
             return False, status == 409
         self._trouble("down", url, reason)

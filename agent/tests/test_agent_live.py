@@ -574,3 +574,23 @@ async def test_a_live_that_ends_at_once_means_no_live_calls(
     out = capsys.readouterr().out
     assert "  live ast: 0 calls (no live calls as configured)" in out
     assert "  live fs1: 1 calls (live() not running)" in out  # written at stop
+
+
+async def test_the_same_refusal_is_logged_once(
+    tmp_path: Path, peer: CollectorPeer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    got = attach_live(peer)
+    got.script = [422, 422, 422]
+    identity, key = identity_for(peer)
+    source = LiveListSource("fs1")
+    agent = Agent(live_config(tmp_path, [peer.url]), sources=[source], identity=identity, key=key)
+    with caplog.at_level(logging.DEBUG, logger="cdrstats.agent.live"):
+        async with running(agent):
+            for n in range(4):
+                source.feed.put_nowait(snapshot(f"s{n}"))
+                await wait_until(lambda n=n: got.refused + len(got.messages) == n + 1)
+    refusals = [r for r in caplog.records if r.getMessage() == "live_refused"]
+    assert [r.levelno for r in refusals] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
+    assert len(got.messages) == 1
