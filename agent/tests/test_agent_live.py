@@ -253,6 +253,8 @@ class LiveReceived:
     script: list[int] = field(default_factory=list)
     """Statuses to answer the next live messages with (they are not recorded)."""
     refused: int = 0
+    delay: float = 0.0
+    """Seconds each live request takes (a slow collector)."""
 
     def events(self, source: str) -> list[dict[str, Any]]:
         return [e for m in self.messages for s in m.sources if s.source == source for e in s.events]
@@ -264,6 +266,8 @@ def attach_live(peer: CollectorPeer) -> LiveReceived:
 
     async def handler(request: Request) -> Response:
         data = await request.body()
+        if got.delay:
+            await asyncio.sleep(got.delay)
         try:
             envelope = wire.unseal(data, "live")
             assert peer.state.verify_key is not None
@@ -594,3 +598,42 @@ async def test_the_same_refusal_is_logged_once(
     refusals = [r for r in caplog.records if r.getMessage() == "live_refused"]
     assert [r.levelno for r in refusals] == [logging.ERROR, logging.DEBUG, logging.DEBUG]
     assert len(got.messages) == 1
+
+
+class FloodSource(ListSource):
+    """live(): a snapshot, then started events as fast as the loop allows."""
+
+    def __init__(self, name: str, total: int) -> None:
+        super().__init__(name, total, chunk=25, pause=0.001)
+        self.yielded = 0
+
+    async def live(self) -> AsyncIterator[LiveEvent]:
+        yield snapshot()
+        while True:
+            self.yielded += 1
+            yield started(f"f{self.yielded}")
+            if self.yielded % 100 == 0:
+                await asyncio.sleep(0)
+
+
+async def test_a_flood_of_events_with_a_slow_collector_stays_bounded(
+    tmp_path: Path, peer: CollectorPeer
+) -> None:
+    got = attach_live(peer)
+    got.delay = 0.2
+    identity, key = identity_for(peer)
+    source = FloodSource("fs1", 3000)
+    config = live_config(tmp_path, [peer.url], queue_max_events=500, flush_max_events=100)
+    agent = Agent(config, sources=[source], identity=identity, key=key)
+    highest = 0
+    async with running(agent):
+        live = agent.live
+        assert live is not None
+        while len(peer.state.cdrs) < 3000:  # CDR reading goes on at its own pace
+            highest = max(highest, live.buffer.pending)
+            await asyncio.sleep(0.005)
+        await wait_until(lambda: live.buffer.dropped > 10_000, what="events dropped")
+        highest = max(highest, live.buffer.pending)
+    assert highest <= 500
+    assert source.starts == [None] and set(peer.state.cdrs.values()) == {1}
+    assert got.messages and all(m.event_count <= 100 for m in got.messages)
