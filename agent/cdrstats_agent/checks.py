@@ -22,6 +22,7 @@ import grp
 import os
 import pwd
 import re
+import socket
 import stat
 from collections.abc import Callable
 from pathlib import Path
@@ -166,7 +167,19 @@ def explain_status(url: str, agent_id: str, response: httpx.Response) -> str:
 def explain_unreachable(url: str, exc: httpx.HTTPError, timeout_s: float) -> str:
     """Why the collector at `url` could not be reached, and what to look at."""
     host = urlsplit(url).hostname or url
-    text = str(exc) or type(exc).__name__
+    chain: list[BaseException] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(chain) < 10:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    if any(isinstance(c, socket.gaierror) for c in chain):
+        return f"collector unreachable: host name {host!r} does not resolve"
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        return (
+            f"collector unreachable: cannot reach {url}: connection refused (is `cdrstats serve`"
+            " running there, on that port, and reachable from this host?)"
+        )
+    text = "; ".join(dict.fromkeys(str(c) for c in chain if str(c))) or type(exc).__name__
     head = f"collector unreachable: cannot reach {url}"
     if isinstance(exc, httpx.TimeoutException):
         return f"{head}: no answer within {timeout_s:g} s (a firewall dropping packets?)"
