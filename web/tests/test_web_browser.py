@@ -10,7 +10,16 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from web_testkit import PASSWORD, SCREENSHOTS, Ingest, Seeded, cdr, chromium_or_skip, seed
+from web_testkit import (
+    PASSWORD,
+    SCREENSHOTS,
+    Ingest,
+    LiveFeed,
+    Seeded,
+    cdr,
+    chromium_or_skip,
+    seed,
+)
 
 from tests.fix_db import CollectorServer
 
@@ -75,10 +84,11 @@ def test_dashboard_updates_live_without_reload(
         feed.send([cdr(100 + i) for i in range(4)])
         page.wait_for_function("document.getElementById('kpi-calls').textContent === '10'")
         assert page.evaluate("window.__sameDocument") == "yes"  # no reload happened
-        assert page.inner_text("#kpi-answered") == "8"
-        assert page.inner_text("#kpi-asr") == "80.0 %"
-        rows = page.locator("#causes tbody tr")
-        assert rows.count() >= 2
+        page.wait_for_function("document.getElementById('kpi-asr').textContent === '80.0 %'")
+        assert page.inner_text("#kpi-minutes") == "8"
+        causes = page.inner_text("#causes tbody")
+        assert "NORMAL_CLEARING" in causes and "NO_ANSWER" in causes
+        assert "France" in page.inner_text("#countries tbody")
         _shot(page, "dashboard-desktop")
         # The live page shows arriving CDRs as they come.
         page.goto(f"/t/{acme}/live")
@@ -87,9 +97,84 @@ def test_dashboard_updates_live_without_reload(
         feed.send([cdr(200)])
         page.wait_for_function("document.querySelectorAll('#tail tbody tr').length === 11")
         _shot(page, "live-desktop")
-        for path, name in (("cdrs", "cdrs"), ("switches", "switches")):
-            page.goto(f"/t/{acme}/{path}")
-            _shot(page, f"{name}-desktop")
+        page.goto(f"/t/{acme}/reports")
+        page.wait_for_function("document.querySelectorAll('#report-table tbody tr').length === 30")
+        page.get_by_label("Report", exact=True).select_option("cause")
+        page.wait_for_function(
+            "document.getElementById('report-table').innerText.includes('NORMAL_CLEARING')"
+        )
+        _shot(page, "reports-desktop")
+        page.goto(f"/t/{acme}/switches")
+        _shot(page, "switches-desktop")
+    finally:
+        page.context.close()
+
+
+def test_live_page_shows_a_call_appear_and_end(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme = seeded.tenant_ids["acme"]
+    agent = server.enroll("acme", "pbx-paris")
+    live = LiveFeed(server, agent)
+    live.started("call-a", "1001", "+33142278000")
+    page = _page(browser, server.url)
+    try:
+        _login(page, "victor")
+        page.goto(f"/t/{acme}/live")
+        page.wait_for_function("document.getElementById('live-total').textContent === '1'")
+        page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
+        live.started("call-b", "1002", "+442079460000")
+        page.wait_for_function("document.getElementById('live-total').textContent === '2'")
+        table = page.inner_text("#live-calls tbody")
+        assert "+442079460000" in table and "pbx-paris" in table
+        _shot(page, "live-calls-desktop")
+        live.ended("call-a")
+        page.wait_for_function("document.getElementById('live-total').textContent === '1'")
+        assert page.locator("#live-calls tbody tr[data-call-id='call-a']").count() == 0
+        assert page.locator("#live-calls tbody tr[data-call-id='call-b']").count() == 1
+    finally:
+        page.context.close()
+
+
+def test_cdr_search_with_filters_detail_and_export(
+    browser: Any, console: tuple[CollectorServer, Seeded], tmp_path: Any
+) -> None:
+    server, seeded = console
+    acme = seeded.tenant_ids["acme"]
+    feed = Ingest(server, server.enroll("acme", "pbx-paris"))
+    feed.send([cdr(i, answered=i % 2 == 0) for i in range(6)])
+    page = _page(browser, server.url)
+    try:
+        _login(page, "victor")
+        page.goto(f"/t/{acme}/cdrs")
+        page.wait_for_function("document.querySelectorAll('#cdr-table tbody tr').length === 6")
+        page.get_by_label("Disposition").select_option("NO_ANSWER")
+        page.get_by_role("button", name="Search").click()
+        page.wait_for_url("**disposition=NO_ANSWER**")
+        page.wait_for_function("document.querySelectorAll('#cdr-table tbody tr').length === 3")
+        assert "ANSWERED" not in page.inner_text("#cdr-table tbody").replace("NO_ANSWER", "")
+        _shot(page, "cdrs-desktop")
+        # Sorting by callee (the rows shown), then the detail view with the raw fields.
+        page.get_by_role("button", name="Callee").click()
+        callees = page.eval_on_selector_all(
+            "#cdr-table tbody tr", "rows => rows.map(r => r.children[4].textContent)"
+        )
+        assert callees == sorted(callees)
+        page.locator("#cdr-table tbody tr").first.click()
+        page.locator("#cdr-detail.show").wait_for()
+        assert "NO_ANSWER" in page.inner_text("#cdr-fields")
+        _shot(page, "cdr-detail-desktop")
+        page.get_by_role("button", name="Close").click()
+        page.locator("#cdr-detail").wait_for(state="hidden")
+        # Export of the same search: only the three unanswered calls.
+        with page.expect_download() as info:
+            page.get_by_role("link", name="Export CSV").click()
+        path = tmp_path / "export.csv"
+        info.value.save_as(path)
+        lines = path.read_text(encoding="utf-8-sig").strip().splitlines()
+        assert len(lines) == 1 + 3
+        assert all("NO_ANSWER" in line for line in lines[1:])
     finally:
         page.context.close()
 
@@ -129,22 +214,22 @@ def test_tenant_viewer_cannot_reach_another_tenant(
     try:
         _login(page, "gina")  # viewer of globex
         assert page.url.endswith(f"/t/{globex}/")
-        for path in ("", "live", "cdrs", "switches"):
+        for path in ("", "live", "cdrs", "reports", "switches"):
             response = page.goto(f"/t/{acme}/{path}")
             assert response is not None and response.status == 404, path
             assert "Not found" in page.inner_text("h1")
         statuses = page.evaluate(
             """async (t) => {
                 const out = [];
-                for (const p of ["dashboard.json", "recent.json", "events"]) {
-                    const r = await fetch(`/t/${t}/${p}`);
-                    out.push(r.status);
-                }
+                const urls = [`/t/${t}/events`, `/api/v1/reports/dashboard?tenant=${t}`,
+                    `/api/v1/cdrs?tenant=${t}`, `/api/v1/cdrs/export.csv?tenant=${t}`,
+                    `/api/v1/live/calls?tenant=${t}`];
+                for (const u of urls) out.push((await fetch(u)).status);
                 return out;
             }""",
             acme,
         )
-        assert statuses == [404, 404, 404]
+        assert statuses == [404, 404, 404, 404, 404]
         response = page.goto("/admin")
         assert response is not None and response.status == 403
     finally:
@@ -192,6 +277,7 @@ def test_phone_viewport_has_no_horizontal_scroll(
             (f"/t/{acme}/", "dashboard"),
             (f"/t/{acme}/live", "live"),
             (f"/t/{acme}/cdrs", "cdrs"),
+            (f"/t/{acme}/reports", "reports"),
             (f"/t/{acme}/switches", "switches"),
             ("/admin", "admin"),
         ):

@@ -24,11 +24,16 @@ def base(collector_server: CollectorServer, seeded: Seeded) -> str:
 def test_pages_need_a_login(base: str, seeded: Seeded) -> None:
     acme = seeded.tenant_ids["acme"]
     with httpx.Client(base_url=base, timeout=10) as c:
-        for path in (f"/t/{acme}/", f"/t/{acme}/live", f"/t/{acme}/cdrs", "/admin"):
+        for path in (
+            f"/t/{acme}/",
+            f"/t/{acme}/live",
+            f"/t/{acme}/cdrs",
+            f"/t/{acme}/reports",
+            "/admin",
+        ):
             r = c.get(path)
             assert r.status_code == 303, path
             assert r.headers["location"].startswith("/login?next="), path
-        assert c.get(f"/t/{acme}/dashboard.json").status_code == 401
         assert c.get(f"/t/{acme}/events").status_code == 401
 
 
@@ -119,19 +124,17 @@ def test_a_tenant_user_cannot_reach_another_tenant(base: str, seeded: Seeded) ->
     acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
     c = login(base, "gina")  # viewer of globex
     assert c.get(f"/t/{globex}/").status_code == 200
-    for path in ("/", "/live", "/cdrs", "/switches"):
+    for path in ("/", "/live", "/cdrs", "/reports", "/switches"):
         r = c.get(f"/t/{acme}{path}")
         assert r.status_code == 404, path
         assert "acme" not in r.text
-    assert c.get(f"/t/{acme}/dashboard.json").status_code == 404
-    assert c.get(f"/t/{acme}/recent.json").status_code == 404
     assert c.get(f"/t/{acme}/events").status_code == 404
     assert c.get("/t/999999/").status_code == 404
     assert c.get("/admin").status_code == 403
     # A superadmin sees both.
     root = login(base, "root")
     assert root.get(f"/t/{acme}/").status_code == 200
-    assert root.get(f"/t/{globex}/dashboard.json").status_code == 200
+    assert root.get(f"/t/{globex}/live").status_code == 200
 
 
 def test_viewer_cannot_create_tokens_admin_can(
@@ -204,29 +207,27 @@ def test_revoke_refuses_another_tenants_agent(
     assert ingest.send([cdr(1)])["accepted"] == 1  # still enrolled
 
 
-def test_dashboard_json_counts_only_the_tenants_calls(
+def test_the_session_authenticates_the_json_api_for_its_tenant_only(
     base: str, seeded: Seeded, collector_server: CollectorServer
 ) -> None:
     acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
     Ingest(collector_server, collector_server.enroll("acme", "sw1")).send(
         [cdr(i, answered=i % 4 != 0) for i in range(8)]
     )
-    Ingest(collector_server, collector_server.enroll("globex", "gx")).send([cdr(50)])
-    c = login(base, "victor")
-    d = c.get(f"/t/{acme}/dashboard.json", params={"period": "24h"}).json()
-    assert d["kpis"]["calls"]["value"] == 8
-    assert d["kpis"]["answered"]["value"] == 6
-    assert d["kpis"]["asr"]["value"] == 75.0
-    assert d["kpis"]["minutes"]["value"] == 6.0
-    assert d["kpis"]["calls"]["previous"] == 0 and d["kpis"]["calls"]["change_pct"] is None
-    assert sum(d["series"]["calls"]) == 8
-    root = login(base, "root")
-    g = root.get(f"/t/{globex}/dashboard.json", params={"period": "24h"}).json()
-    assert g["kpis"]["calls"]["value"] == 1
-    bad = c.get(f"/t/{acme}/dashboard.json", params={"period": "forever"})
-    assert bad.status_code == 422 and bad.json()["error"].startswith("period:")
-    bad = c.get(f"/t/{acme}/dashboard.json", params={"switch": "x"})
-    assert bad.status_code == 422 and bad.json()["error"].startswith("switch:")
+    c = login(base, "victor")  # viewer of acme: the API accepts the console's cookie
+    d = c.get("/api/v1/reports/dashboard", params={"tenant": acme})
+    assert d.status_code == 200, d.text
+    assert d.json()["current"]["calls"] == 8 and d.json()["current"]["answered"] == 6
+    for path in (
+        "/api/v1/reports/dashboard",
+        "/api/v1/cdrs",
+        "/api/v1/cdrs/export.csv",
+        "/api/v1/live/calls",
+    ):
+        r = c.get(path, params={"tenant": globex})
+        assert r.status_code == 404, (path, r.status_code)
+    c.post("/logout", data={"csrf_token": csrf_of(c.get(f"/t/{acme}/").text)})
+    assert c.get("/api/v1/reports/dashboard", params={"tenant": acme}).status_code == 401
 
 
 def test_sse_delivers_own_tenant_batches_and_resumes(

@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from cdrstats_agent import wire
 from cdrstats_agent.model import CDR, Direction, Disposition
+from cdrstats_agent.plugin import LiveEvent
 from cdrstats_collector import tenants, users
 
 from tests.fix_db import CollectorServer, EnrolledAgent
@@ -115,6 +116,35 @@ class Ingest:
         assert r.status_code == 200, r.text
         self.sent.extend(cdrs)
         return dict(r.json())
+
+
+@dataclass
+class LiveFeed:
+    """Signed live messages (calls started / answered / ended) for one enrolled agent."""
+
+    server: CollectorServer
+    agent: EnrolledAgent
+    seq: int = 0
+
+    def send(self, *events: LiveEvent, source: str = "web-test") -> None:
+        self.seq += 1
+        stream = wire.LiveStream(source, [wire.live_event_to_wire(e)[0] for e in events])
+        data = wire.seal_live(self.agent.agent_id, "web-stream", self.seq, [stream], self.agent.key)
+        r = httpx.post(
+            self.server.url + "/api/v1/live",
+            content=data,
+            headers={"content-type": "application/msgpack"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+
+    def started(self, call: str, caller: str, callee: str) -> None:
+        now = datetime.now(UTC).timestamp()
+        self.send(LiveEvent("started", call, now, {"caller": caller, "callee": callee}))
+
+    def ended(self, call: str) -> None:
+        now = datetime.now(UTC).timestamp()
+        self.send(LiveEvent("ended", call, now, {"hangup_cause": 16}))
 
 
 def chromium_or_skip() -> str:

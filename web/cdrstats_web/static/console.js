@@ -51,7 +51,41 @@
     },
     getJSON: function (u) {
       return fetch(u, { headers: { "Accept": "application/json" }, credentials: "same-origin" })
-        .then(function (r) { if (!r.ok) throw new Error(u + ": HTTP " + r.status); return r.json(); });
+        .then(function (r) {
+          if (!r.ok) {
+            return r.json().catch(function () { return {}; }).then(function (b) {
+              throw new Error((b && b.error) || (u + ": HTTP " + r.status));
+            });
+          }
+          return r.json();
+        });
+    },
+    // The JSON API for this page's tenant: cdrstats.api("/api/v1/cdrs", {limit: 20}).
+    apiURL: function (path, params) {
+      var q = new URLSearchParams({ tenant: document.body.getAttribute("data-tenant") || "" });
+      Object.keys(params || {}).forEach(function (k) {
+        if (params[k] !== "" && params[k] !== null && params[k] !== undefined) q.set(k, params[k]);
+      });
+      return path + "?" + q.toString();
+    },
+    api: function (path, params) { return window.cdrstats.getJSON(window.cdrstats.apiURL(path, params)); },
+    // The tenant's local date (YYYY-MM-DD) as the server saw it, and date arithmetic on it.
+    today: function () { return document.body.getAttribute("data-today"); },
+    addDays: function (iso, n) {
+      var d = new Date(iso + "T12:00:00Z");
+      d.setUTCDate(d.getUTCDate() + n);
+      return d.toISOString().slice(0, 10);
+    },
+    mmss: function (v) {
+      if (v === null || v === undefined) return "–";
+      var m = Math.floor(v / 60), s = Math.round(v % 60);
+      if (s === 60) { m += 1; s = 0; }
+      return m + ":" + String(s).padStart(2, "0");
+    },
+    country: function (code) {
+      if (!code) return "unknown";
+      try { return new Intl.DisplayNames(undefined, { type: "region" }).of(code) + " (" + code + ")"; }
+      catch (e) { return code; }
     }
   };
 })();

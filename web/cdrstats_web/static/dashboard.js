@@ -1,79 +1,158 @@
-// Dashboard: KPI tiles, calls chart and hangup causes; refreshed on every stored batch.
+// Dashboard: KPI tiles, calls and concurrent-call charts, top countries, hangup causes.
+// Figures come from the JSON API (/api/v1/reports/*, /api/v1/live/calls) and are fetched
+// again whenever the tab's event stream says a batch was stored or live calls changed.
 (function () {
   "use strict";
   var box = document.getElementById("dashboard");
   if (!box) return;
   var period = document.getElementById("period");
   var sw = document.getElementById("switch");
-  var chart = null;
+  var charts = {};
+
+  function span() {
+    var today = cdrstats.today();
+    var p = period.value;
+    if (p === "yesterday") { var y = cdrstats.addDays(today, -1); return { from: y, to: y, granularity: "hour" }; }
+    if (p === "7d") return { from: cdrstats.addDays(today, -6), to: today, granularity: "day" };
+    if (p === "30d") return { from: cdrstats.addDays(today, -29), to: today, granularity: "day" };
+    return { from: today, to: today, granularity: "hour" };
+  }
+  function params(extra) {
+    var s = span();
+    var out = { from: s.from, to: s.to };
+    if (sw.value) out["switch"] = sw.value;
+    return Object.assign(out, extra || {});
+  }
   var fmt = {
     calls: function (v) { return v.toLocaleString(); },
-    answered: function (v) { return v.toLocaleString(); },
     asr: function (v) { return v === null ? "–" : v.toFixed(1) + " %"; },
-    acd_s: function (v) { return v === null ? "–" : Math.floor(v / 60) + ":" + String(Math.round(v % 60)).padStart(2, "0"); },
+    acd: cdrstats.mmss,
     minutes: function (v) { return v.toLocaleString(undefined, { maximumFractionDigits: 1 }); }
   };
-  function tile(name, k) {
-    var el = document.getElementById("kpi-" + name);
+  function change(now, before) {
+    if (now === null || before === null || before === undefined || before === 0) return null;
+    return 100 * (now - before) / before;
+  }
+  function tile(name, now, before) {
+    document.getElementById("kpi-" + name).textContent = fmt[name](now);
     var ch = document.getElementById("kpi-" + name + "-change");
-    if (!el) return;
-    el.textContent = fmt[name](k.value);
-    if (k.change_pct === null) {
+    var pct = change(now, before);
+    if (pct === null) {
       ch.textContent = "no previous figure";
       ch.className = "small kpi-change text-body-secondary";
     } else {
-      var up = k.change_pct >= 0;
-      ch.textContent = (up ? "▲ +" : "▼ ") + k.change_pct.toFixed(1) + " % vs previous period";
+      var up = pct >= 0;
+      ch.textContent = (up ? "▲ +" : "▼ ") + pct.toFixed(1) + " % vs previous period";
       ch.className = "small kpi-change " + (up ? "up" : "down");
     }
   }
-  function draw(series) {
-    if (!window.Chart) return;
-    if (!chart) {
-      chart = new Chart(document.getElementById("calls-chart"), {
-        type: "bar",
-        data: { labels: [], datasets: [
-          { label: "Calls", data: [], backgroundColor: "rgba(13,110,253,.6)" },
-          { label: "Answered", data: [], backgroundColor: "rgba(25,135,84,.7)" }
-        ] },
+  function chart(id, type, datasets) {
+    if (!window.Chart) return null;
+    if (!charts[id]) {
+      charts[id] = new Chart(document.getElementById(id), {
+        type: type,
+        data: { labels: [], datasets: datasets },
         options: { responsive: true, maintainAspectRatio: false, animation: false,
                    scales: { y: { beginAtZero: true, ticks: { precision: 0 } } } }
       });
     }
-    chart.data.labels = series.labels;
-    chart.data.datasets[0].data = series.calls;
-    chart.data.datasets[1].data = series.answered;
-    chart.update();
+    return charts[id];
   }
-  function causes(rows) {
-    var body = document.querySelector("#causes tbody");
+  function shareBar(pct) {
+    var outer = document.createElement("div");
+    outer.className = "progress";
+    outer.setAttribute("role", "progressbar");
+    outer.setAttribute("aria-valuenow", String(pct || 0));
+    outer.setAttribute("aria-valuemin", "0");
+    outer.setAttribute("aria-valuemax", "100");
+    outer.setAttribute("aria-label", (pct || 0) + " % of calls");
+    var inner = document.createElement("div");
+    inner.className = "progress-bar";
+    inner.style.width = (pct || 0) + "%";
+    outer.appendChild(inner);
+    return outer;
+  }
+  function fill(tableId, rows, cells) {
+    var body = document.querySelector("#" + tableId + " tbody");
     body.replaceChildren();
+    if (!rows.length) {
+      var tr = document.createElement("tr");
+      var td = document.createElement("td");
+      td.colSpan = 5; td.className = "text-body-secondary"; td.textContent = "No calls in this period.";
+      tr.appendChild(td); body.appendChild(tr);
+    }
     rows.forEach(function (r) {
       var tr = document.createElement("tr");
-      [r.disposition, r.cause === null ? "" : String(r.cause), r.calls.toLocaleString()].forEach(function (t, i) {
+      cells(r).forEach(function (c) {
         var td = document.createElement("td");
-        td.textContent = t;
-        if (i === 2) td.className = "text-end";
+        if (c instanceof Node) td.appendChild(c); else td.textContent = c;
+        if (typeof c === "string" && /^[\d.,–%\s:]+$/.test(c)) td.className = "text-end text-nowrap";
         tr.appendChild(td);
       });
       body.appendChild(tr);
     });
   }
+  function loadLive() {
+    return cdrstats.api("/api/v1/live/calls", sw.value ? { "switch": sw.value } : {}).then(function (d) {
+      var n = 0;
+      Object.keys(d.counts).forEach(function (k) { if (!sw.value || k === sw.value) n += d.counts[k]; });
+      document.getElementById("kpi-concurrent").textContent = n.toLocaleString();
+    });
+  }
+  var lastPeak = null;
   function load() {
-    var u = box.getAttribute("data-url") + "?period=" + encodeURIComponent(period.value) +
-            "&switch=" + encodeURIComponent(sw.value);
-    return cdrstats.getJSON(u).then(function (d) {
-      Object.keys(d.kpis).forEach(function (k) { tile(k, d.kpis[k]); });
-      draw(d.series);
-      causes(d.causes);
+    var s = span();
+    return Promise.all([
+      cdrstats.api("/api/v1/reports/dashboard", params()),
+      cdrstats.api("/api/v1/reports/series", params({ granularity: s.granularity })),
+      cdrstats.api("/api/v1/reports/top", { from: s.from, to: s.to, by: "country", limit: 8 }),
+      cdrstats.api("/api/v1/reports/breakdown", params({ by: "cause", limit: 8 })),
+      loadLive()
+    ]).then(function (all) {
+      var d = all[0], series = all[1], top = all[2], causes = all[3];
+      ["calls", "asr", "acd", "minutes"].forEach(function (k) { tile(k, d.current[k], d.previous[k]); });
+      lastPeak = d.current.peak_concurrent;
+      var pc = document.getElementById("kpi-concurrent-change");
+      pc.textContent = "peak in period: " + lastPeak + " (before: " + d.previous.peak_concurrent + ")";
+      pc.className = "small kpi-change text-body-secondary";
+      var labels = series.buckets.map(function (b) {
+        return s.granularity === "hour" ? b.label.slice(11, 16) : b.label;
+      });
+      var c = chart("calls-chart", "bar", [
+        { label: "Calls", data: [], backgroundColor: "rgba(13,110,253,.6)" },
+        { label: "Answered", data: [], backgroundColor: "rgba(25,135,84,.7)" }
+      ]);
+      if (c) {
+        c.data.labels = labels;
+        c.data.datasets[0].data = series.buckets.map(function (b) { return b.calls; });
+        c.data.datasets[1].data = series.buckets.map(function (b) { return b.answered; });
+        c.update();
+      }
+      var k = chart("conc-chart", "line", [
+        { label: "Peak concurrent calls", data: [], borderColor: "rgba(111,66,193,1)", backgroundColor: "rgba(111,66,193,.2)", fill: true, stepped: true }
+      ]);
+      if (k) {
+        k.data.labels = labels;
+        k.data.datasets[0].data = series.buckets.map(function (b) { return b.peak_concurrent; });
+        k.update();
+      }
+      fill("countries", top.items, function (r) {
+        return [cdrstats.country(r.country), r.calls.toLocaleString(), r.asr === null ? "–" : r.asr.toFixed(1) + " %",
+                r.minutes.toLocaleString(), shareBar(r.share)];
+      });
+      fill("causes", causes.items, function (r) {
+        return [String(r.cause), r.name, r.calls.toLocaleString(), shareBar(r.share)];
+      });
       document.getElementById("updated").textContent = new Date().toLocaleTimeString();
       box.setAttribute("data-loaded", String(Date.now()));
     }).catch(function (e) { document.getElementById("updated").textContent = "failed: " + e.message; });
   }
   var refresh = cdrstats.throttled(load, 1000);
+  var refreshLive = cdrstats.throttled(loadLive, 500);
   period.addEventListener("change", load);
   sw.addEventListener("change", load);
   document.addEventListener("cdrstats:cdr", refresh);
+  document.addEventListener("cdrstats:live", refreshLive);
   document.addEventListener("cdrstats:resync", refresh);
   load();
 })();
