@@ -402,17 +402,16 @@ class KamailioProcess:
 
 
 def kill_group(process: subprocess.Popen[bytes] | None) -> None:
-    """SIGTERM the process group of a process we started, SIGKILL if it lingers."""
-    if process is None or process.poll() is not None:
+    """SIGTERM the process group of a process we started, then SIGKILL what is left of it."""
+    if process is None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(5)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    with contextlib.suppress(ProcessLookupError):  # children that outlived their parent
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(5)
 
 
 # --- sipp scenarios --------------------------------------------------------------------------
