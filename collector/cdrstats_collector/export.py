@@ -59,6 +59,10 @@ EXPORT_COLUMNS: tuple[tuple[str, str, str], ...] = (
 )
 ORDER = " ORDER BY c.start_time, c.key, c.switch_id"
 _CONTROL = "".join(chr(i) for i in range(1, 32) if i not in (9, 10, 13))
+_SPECIAL = "[&<>\x01-\x08\x0b\x0c\x0e-\x1f]"
+_SAFE_TEXT = {"{switch}", "c.disposition", "c.dest_country", "c.dest_prefix", "host(c.src_ip)"}
+"""Columns that cannot hold XML specials (a CHECKed enum, ISO codes, digits, an address, the
+switch names, which are escaped in Python when the CASE literal is built)."""
 
 
 def _switch_case(names: Mapping[int, str]) -> sql.Composable:
@@ -159,23 +163,47 @@ _STATIC_PARTS = {
 }
 
 
-def _xml_cell(expr: sql.Composable, kind: str) -> sql.Composable:
+def _xml_cell(expr: sql.Composable, kind: str, escape: bool) -> sql.Composable:
     """SQL producing one <c> element (an empty <c/> for NULL keeps the columns aligned)."""
     if kind == "number":
         body = sql.SQL("'<c><v>' || {} || '</v></c>'").format(expr)
     elif kind == "time":
-        # Excel serial date of the local wall time: days since 1899-12-30.
+        # Excel serial date of the local wall time: days since 1899-12-30 (float8, not numeric)
         body = sql.SQL(
-            "'<c s=\"1\"><v>' || round((extract(epoch FROM {} AT TIME ZONE %(xlsx_tz)s)"
-            " / 86400.0 + 25569)::numeric, 8) || '</v></c>'"
+            "'<c s=\"1\"><v>' || (date_part('epoch', {} AT TIME ZONE %(xlsx_tz)s)"
+            " / 86400.0 + 25569)::float8 || '</v></c>'"
         ).format(expr)
-    else:
+    elif escape:
         body = sql.SQL(
-            '\'<c t="inlineStr"><is><t xml:space="preserve">\' || replace(replace(replace('
+            "'<c t=\"inlineStr\"><is><t>' || replace(replace(replace("
             "translate({}, %(xlsx_ctl)s, ''), '&', '&amp;'), '<', '&lt;'), '>', '&gt;')"
             " || '</t></is></c>'"
         ).format(expr)
+    else:
+        body = sql.SQL("'<c t=\"inlineStr\"><is><t>' || {} || '</t></is></c>'").format(expr)
     return sql.SQL("coalesce({}, '<c/>')").format(body)
+
+
+def _xml_row(switch: sql.Composable) -> sql.Composable:
+    """One <row> per CDR. Rows whose free-text fields hold nothing to escape (nearly all of
+    them) take the plain branch; the others are escaped field by field."""
+    free = [_expr(e, switch) for _, e, k in EXPORT_COLUMNS if k == "text" and e not in _SAFE_TEXT]
+    probe = sql.SQL(" || ").join(sql.SQL("coalesce({}, '')").format(e) for e in free)
+
+    def cells(escape: bool) -> sql.Composable:
+        return sql.SQL(" || ").join(
+            _xml_cell(_expr(e, switch), k, escape and e not in _SAFE_TEXT)
+            for _, e, k in EXPORT_COLUMNS
+        )
+
+    return sql.SQL(
+        "'<row>' || CASE WHEN ({}) ~ %(xlsx_special)s THEN {} ELSE {} END || '</row>'"
+    ).format(probe, cells(True), cells(False))
+
+
+def _xml_escape(text: str) -> str:
+    text = text.translate({ord(c): None for c in _CONTROL})
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def _header_row() -> str:
@@ -205,12 +233,9 @@ class _Sink(io.RawIOBase):
 async def xlsx_stream(
     pool: AsyncConnectionPool[Any], tenant: int, tz: ZoneInfo, w: Where, names: Mapping[int, str]
 ) -> AsyncIterator[bytes]:
-    switch = _switch_case(names)
-    row = sql.SQL("'<row>' || {} || '</row>'").format(
-        sql.SQL(" || ").join(_xml_cell(_expr(e, switch), k) for _, e, k in EXPORT_COLUMNS)
-    )
-    query = _select([row], w)
-    params = {**w.params, "xlsx_tz": tz.key, "xlsx_ctl": _CONTROL}
+    switch = _switch_case({i: _xml_escape(n) for i, n in names.items()})
+    query = _select([_xml_row(switch)], w)
+    params = {**w.params, "xlsx_tz": tz.key, "xlsx_ctl": _CONTROL, "xlsx_special": _SPECIAL}
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, text in _STATIC_PARTS.items():

@@ -93,7 +93,8 @@ def make_cdrs(prefix: str, callee_cc: str, count: int, start: datetime = BASE) -
 
 def _checked(cdrs: list[CDR]) -> list[list[Any]]:
     body = wire.parse_body(body_of(cdrs))
-    return wire.check_rows(body.fields, body.rows)
+    rows: list[list[Any]] = wire.check_rows(body.fields, body.rows)
+    return rows
 
 
 async def ingest(database_url: str, agent: store.AgentRef, cdrs: list[CDR], seq: int = 1) -> None:

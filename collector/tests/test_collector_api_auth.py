@@ -149,6 +149,27 @@ def test_rls_is_forced_for_tables_with_tenant_id(database_url: str) -> None:
         ).fetchall()
     assert rows, "no tenant tables found"
     assert [r for r in rows if not (r[1] and r[2])] == []
+    with psycopg.connect(database_url) as conn:
+        policies = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tablename FROM pg_policies WHERE 'cdrstats_reader' = ANY(roles)"
+                " AND cmd = 'SELECT' AND qual LIKE '%cdrstats_current_tenant()%'"
+            ).fetchall()
+        }
+        readable = {
+            r[0]
+            for r in conn.execute(
+                "SELECT table_name FROM information_schema.role_table_grants"
+                " WHERE grantee = 'cdrstats_reader' AND privilege_type = 'SELECT'"
+            ).fetchall()
+        }
+    tables = {r[0] for r in rows}
+    assert tables - policies == set(), "tables without a reader policy"
+    assert tables - readable == set(), "tables the reader cannot read"
+    assert readable - tables - {"tenant", "dial_prefix"} == set(), (
+        "reader grants beyond tenant data"
+    )
 
 
 # --- principal() over HTTP: bearer tokens and console sessions ----------------------------------

@@ -17,12 +17,13 @@ PERIOD = {"from": "2026-03-15", "to": "2026-04-10"}
 
 
 def _path(ep: api.Endpoint, server: ApiServer, tenant: str) -> str:
-    if "{id}" not in ep.path:
-        return ep.path
+    path: str = ep.path
+    if "{id}" not in path:
+        return path
     token = server.seed.tokens[tenant]
     r = server.get("/api/v1/cdrs", token, limit=1)
     assert r.status_code == 200, r.text
-    return ep.path.replace("{id}", r.json()["items"][0]["id"])
+    return path.replace("{id}", str(r.json()["items"][0]["id"]))
 
 
 def _params(ep: api.Endpoint) -> dict[str, Any]:

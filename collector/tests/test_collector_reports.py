@@ -23,7 +23,8 @@ NEW_YORK = ZoneInfo("America/New_York")
 
 
 def _local_day(c: CDR, tz: ZoneInfo = PARIS) -> date:
-    return c.start.astimezone(tz).date()
+    day: date = c.start.astimezone(tz).date()
+    return day
 
 
 def _expected(cdrs: list[CDR]) -> dict[str, Any]:
@@ -44,7 +45,7 @@ def _pick(k: dict[str, Any]) -> dict[str, Any]:
     return {n: k[n] for n in ("calls", "answered", "asr", "acd", "aloc", "minutes", "ring_avg")}
 
 
-def _get(server: ApiServer, path: str, token: str = "a_viewer", **params: Any) -> Any:
+def _get(server: ApiServer, path: str, token: Any = "a_viewer", **params: Any) -> Any:
     r = server.get(path, server.seed.tokens[token], **params)
     assert r.status_code == 200, r.text
     return r.json()

@@ -24,7 +24,7 @@ def _all_keys(server: ApiServer, **params: Any) -> list[str]:
     keys: list[str] = []
     cursor = None
     while True:
-        extra = {"cursor": cursor} if cursor else {}
+        extra: dict[str, Any] = {"cursor": cursor} if cursor else {}
         doc = _search(server, limit=7, **params, **extra)
         keys += [i["key"] for i in doc["items"]]
         cursor = doc["next_cursor"]
