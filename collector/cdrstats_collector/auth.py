@@ -249,9 +249,10 @@ async def tenant_connection(
     The role switch and the setting are transaction-local: the connection goes back to the
     pool as it came.
     """
+    tid = int(tenant_id)  # an int: safe to write into the statement (one round trip)
     async with pool.connection() as conn, conn.transaction():
-        await conn.execute(f"SET LOCAL ROLE {READER_ROLE}")
         await conn.execute(
-            "SELECT set_config('cdrstats.tenant_id', %s, true)", (str(int(tenant_id)),)
+            f"SET LOCAL ROLE {READER_ROLE};"
+            f" SELECT set_config('cdrstats.tenant_id', '{tid}', true)".encode()
         )
         yield conn
