@@ -48,6 +48,7 @@ class Database:
         self.kind = kind
         self.timeout_s = timeout_s
         self._conn: Any = None
+        self._columns: dict[str, list[str]] = {}
 
     # --- connection ------------------------------------------------------------------------
 
@@ -120,12 +121,43 @@ class Database:
         return names
 
     def rows_after(self, table: str, after_id: int, limit: int) -> list[dict[str, Any]]:
-        """Up to `limit` rows with id > after_id, in id order, as dicts."""
-        names, rows = self._query(
-            f"SELECT * FROM {self.quote(table)} WHERE id > %s ORDER BY id LIMIT %s",
+        """Up to `limit` rows with id > after_id, in id order, as dicts.
+
+        On MySQL/MariaDB the columns other than `id` come packed in one text field per row
+        (CONCAT_WS with the ASCII unit separator, which SIP forbids in the values written):
+        pymysql decodes a row's fields one by one in Python, so one field instead of fifteen
+        is most of the reading cost saved. Values are then text (`time` as
+        `YYYY-MM-DD HH:MM:SS`); a row whose text holds the separator is read again plainly.
+        """
+        if self.kind != "mysql":
+            names, rows = self._query(
+                f"SELECT * FROM {self.quote(table)} WHERE id > %s ORDER BY id LIMIT %s",
+                (after_id, limit),
+            )
+            return [dict(zip(names, row, strict=True)) for row in rows]
+        columns = self._columns.get(table)
+        if columns is None:
+            columns = self._columns[table] = [c for c in self.columns(table) if c != "id"]
+        packed = ", ".join(f"IFNULL(CAST({self.quote(c)} AS CHAR), '')" for c in columns)
+        _, rows = self._query(
+            f"SELECT id, CONCAT_WS(CHAR(31 USING utf8mb4), {packed}) FROM {self.quote(table)}"
+            " WHERE id > %s ORDER BY id LIMIT %s",
             (after_id, limit),
         )
-        return [dict(zip(names, row, strict=True)) for row in rows]
+        out: list[dict[str, Any]] = []
+        width = len(columns)
+        for rid, text in rows:
+            parts = (text.decode() if isinstance(text, bytes) else str(text)).split("\x1f")
+            if len(parts) != width:
+                names, plain = self._query(
+                    f"SELECT * FROM {self.quote(table)} WHERE id = %s", (rid,)
+                )
+                out.append(dict(zip(names, plain[0], strict=True)))
+                continue
+            row = dict(zip(columns, parts, strict=True))
+            row["id"] = rid
+            out.append(row)
+        return out
 
 
 def _reason(exc: BaseException) -> str:

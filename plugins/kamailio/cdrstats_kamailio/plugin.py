@@ -34,6 +34,9 @@ from .rpc import RpcClient
 
 log = get_logger("cdrstats.plugins.kamailio")
 
+Fetched = tuple[list[dict[str, Any]], list[dict[str, Any]], bool]
+"""acc rows, missed_calls rows, and whether both tables are read to their end."""
+
 SAMPLE_CONFIG = """\
 [[source]]
 name = "kamailio"
@@ -127,6 +130,7 @@ class KamailioSource:
         except CheckpointError as exc:
             raise SourceError(f"{self.name}: {exc}") from None
         db = Database(o.db_url)
+        pending: asyncio.Task[Fetched] | None = None
         try:
             fields = await asyncio.to_thread(self._prepare, db)
             pairer = AccPairer(
@@ -144,31 +148,54 @@ class KamailioSource:
             acc_guard, missed_guard = GapGuard(o.gap_wait_s), GapGuard(o.gap_wait_s)
             log.info("acc_reading", source=self.name, acc_id=state.acc_id,
                      missed_id=state.missed_id, open_calls=len(state.open))  # fmt: skip
-            while True:
-                acc_rows, missed_rows, caught_up = await asyncio.to_thread(
-                    self._fetch_acc, db, state, acc_guard, missed_guard
+
+            def fetch(acc_id: int, missed_id: int) -> asyncio.Task[Fetched]:
+                return asyncio.create_task(
+                    asyncio.to_thread(
+                        self._fetch_acc, db, acc_id, missed_id, acc_guard, missed_guard
+                    )
                 )
+
+            pending = fetch(state.acc_id, state.missed_id)
+            while True:
+                acc_rows, missed_rows, caught_up = await pending
+                pending = None
+                if not caught_up:  # read the next page while this one is paired and committed
+                    pending = fetch(
+                        int(acc_rows[-1]["id"]) if acc_rows else state.acc_id,
+                        int(missed_rows[-1]["id"]) if missed_rows else state.missed_id,
+                    )
                 before = (state.acc_id, state.missed_id, len(state.open))
                 fed = pairer.feed(acc_rows, missed_rows, time.time() if caught_up else None)
                 after = (state.acc_id, state.missed_id, len(state.open))
                 if fed.cdrs or fed.rejected or before != after:
                     yield ReadResult(fed.cdrs, state.dumps(), fed.rejected)
-                if caught_up:
+                if pending is None:
                     await asyncio.sleep(o.poll_s)
+                    pending = fetch(state.acc_id, state.missed_id)
         finally:
-            await asyncio.to_thread(db.close)
+            if pending is not None and not pending.done():
+                # the thread cannot be interrupted: close the connection once it is done
+                pending.add_done_callback(lambda _: db.close())
+            else:
+                await asyncio.to_thread(db.close)
 
     def _fetch_acc(
-        self, db: Database, state: PairState, acc_guard: GapGuard, missed_guard: GapGuard
-    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], bool]:
+        self,
+        db: Database,
+        acc_id: int,
+        missed_id: int,
+        acc_guard: GapGuard,
+        missed_guard: GapGuard,
+    ) -> Fetched:
         o = self.options
-        rows = db.rows_after(o.acc_table, state.acc_id, o.batch_rows)
-        acc_rows = acc_guard.accept(state.acc_id, rows)
+        rows = db.rows_after(o.acc_table, acc_id, o.batch_rows)
+        acc_rows = acc_guard.accept(acc_id, rows)
         caught_up = len(rows) < o.batch_rows and len(acc_rows) == len(rows)
         missed_rows: list[dict[str, Any]] = []
         if o.failed_from == "missed_calls":
-            rows = db.rows_after(o.missed_table, state.missed_id, o.batch_rows)
-            missed_rows = missed_guard.accept(state.missed_id, rows)
+            rows = db.rows_after(o.missed_table, missed_id, o.batch_rows)
+            missed_rows = missed_guard.accept(missed_id, rows)
             caught_up = caught_up and len(rows) < o.batch_rows and len(missed_rows) == len(rows)
         return acc_rows, missed_rows, caught_up
 

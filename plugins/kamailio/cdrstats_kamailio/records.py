@@ -5,6 +5,7 @@ No I/O here. A row is a plain `dict[str, Any]` as the database driver returned i
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from datetime import UTC, datetime, tzinfo
@@ -84,6 +85,8 @@ def to_utc(value: Any, tz: tzinfo) -> datetime:
 
 def text(value: Any) -> str:
     """A column value as text (bytes decoded, None as empty)."""
+    if type(value) is str:
+        return value
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray):
@@ -93,6 +96,7 @@ def text(value: Any) -> str:
     return str(value)
 
 
+@functools.lru_cache(maxsize=4096)
 def valid_ip(value: str) -> str | None:
     """`value` if it is an IP address (the collector stores src_ip as inet), else None."""
     candidate = value.strip()
