@@ -21,7 +21,6 @@ maintenance) deletes them with their calls.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -141,20 +140,26 @@ _ADVANCE = (
     b"UPDATE live_agent SET stream = %(stream)s, seq = %(seq)s, sent_at = %(sent_at)s,"
     b" received_at = now() WHERE agent_id = %(agent)s"
 )
+# One statement per source: lock the source row and remember whether it had expired, upsert
+# it, and delete its calls when a snapshot replaces them or when it had expired (a source that
+# expired is not brought back by events alone: its stored calls are stale).
 _SOURCE = (
-    b"INSERT INTO live_source AS s"
-    b" (tenant_id, switch_id, source, agent_id, seen_at, expires_at, snapshot_at)"
-    b" VALUES (%(tenant)s, %(switch)s, %(source)s, %(agent)s, now(),"
-    b"         now() + make_interval(secs => %(stale)s),"
-    b"         CASE WHEN %(snapshot)s THEN now() END)"
-    b" ON CONFLICT (tenant_id, switch_id, source) DO UPDATE SET"
-    b"  agent_id = EXCLUDED.agent_id, seen_at = now(), expires_at = EXCLUDED.expires_at,"
-    b"  snapshot_at = coalesce(EXCLUDED.snapshot_at, s.snapshot_at)"
-)
-_EXPIRED = (
-    b"SELECT expires_at <= now() FROM live_source"
+    b"WITH old AS ("
+    b"  SELECT expires_at <= now() AS expired FROM live_source"
+    b"  WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
+    b"  FOR UPDATE),"
+    b" up AS ("
+    b"  INSERT INTO live_source AS s"
+    b"  (tenant_id, switch_id, source, agent_id, seen_at, expires_at, snapshot_at)"
+    b"  VALUES (%(tenant)s, %(switch)s, %(source)s, %(agent)s, now(),"
+    b"          now() + make_interval(secs => %(stale)s),"
+    b"          CASE WHEN %(snapshot)s::boolean THEN now() END)"
+    b"  ON CONFLICT (tenant_id, switch_id, source) DO UPDATE SET"
+    b"   agent_id = EXCLUDED.agent_id, seen_at = now(), expires_at = EXCLUDED.expires_at,"
+    b"   snapshot_at = coalesce(EXCLUDED.snapshot_at, s.snapshot_at))"
+    b" DELETE FROM live_call"
     b" WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
-    b" FOR UPDATE"
+    b"  AND (%(snapshot)s::boolean OR coalesce((SELECT expired FROM old), false))"
 )
 _CLEAR = (
     b"DELETE FROM live_call"
@@ -193,18 +198,21 @@ _UPSERT = (
     b"  write_codec = coalesce(EXCLUDED.write_codec, c.write_codec),"
     b"  event_at = EXCLUDED.event_at, updated_at = now()"
 )
-_COUNT = (
-    b"SELECT count(c.call_id) FROM live_source s"
-    b" LEFT JOIN live_call c USING (tenant_id, switch_id, source)"
-    b" WHERE s.tenant_id = %(tenant)s AND s.switch_id = %(switch)s AND s.expires_at > now()"
+# Calls in progress on the switch, its per-minute peak, and the one notification.
+_FINISH = (
+    b"WITH n AS ("
+    b"  SELECT count(c.call_id) AS calls FROM live_source s"
+    b"  LEFT JOIN live_call c USING (tenant_id, switch_id, source)"
+    b"  WHERE s.tenant_id = %(tenant)s AND s.switch_id = %(switch)s AND s.expires_at > now()),"
+    b" peak AS ("
+    b"  INSERT INTO live_count_minute AS m (tenant_id, switch_id, minute, calls_max)"
+    b"  SELECT %(tenant)s, %(switch)s, date_trunc('minute', now()), calls FROM n"
+    b"  ON CONFLICT (tenant_id, switch_id, minute)"
+    b"  DO UPDATE SET calls_max = greatest(m.calls_max, EXCLUDED.calls_max))"
+    b" SELECT calls, pg_notify('" + NOTIFY_CHANNEL.encode() + b"', jsonb_build_object("
+    b"  'tenant_id', %(tenant)s::bigint, 'switch_id', %(switch)s::bigint, 'count', calls)::text)"
+    b" FROM n"
 )
-_PEAK = (
-    b"INSERT INTO live_count_minute AS m (tenant_id, switch_id, minute, calls_max)"
-    b" VALUES (%(tenant)s, %(switch)s, date_trunc('minute', now()), %(count)s)"
-    b" ON CONFLICT (tenant_id, switch_id, minute)"
-    b" DO UPDATE SET calls_max = greatest(m.calls_max, EXCLUDED.calls_max)"
-)
-_NOTIFY = b"SELECT pg_notify('" + NOTIFY_CHANNEL.encode() + b"', %(payload)s)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,7 +244,11 @@ async def apply_message(
     """Apply a checked live message of `agent` in one transaction (see the module docstring)."""
     ref = agent.ref
     base = {"agent": ref.id, "tenant": ref.tenant_id, "switch": ref.switch_id}
-    async with conn.transaction():
+    # Statements are pipelined: three round trips to the server whatever the message holds.
+    async with conn.transaction(), conn.pipeline():
+        # Live state is disposable (the next snapshot rebuilds it): no need to wait for the
+        # WAL flush at commit. A crash of PostgreSQL may lose the last few live messages.
+        await conn.execute(b"SET LOCAL synchronous_commit = off")
         await conn.execute(_ENSURE_AGENT, base)
         cur = await conn.execute(_LOCK, base)
         row = await cur.fetchone()
@@ -255,14 +267,9 @@ async def apply_message(
         )
         for part in message.sources:
             await _apply_source(conn, base, part, stale_s)
-        cur = await conn.execute(_COUNT, base)
+        cur = await conn.execute(_FINISH, base)
         counted = await cur.fetchone()
         count = int(counted[0]) if counted else 0
-        await conn.execute(_PEAK, {**base, "count": count})
-        payload = json.dumps(
-            {"tenant_id": ref.tenant_id, "switch_id": ref.switch_id, "count": count}
-        )
-        await conn.execute(_NOTIFY, {"payload": payload})
     return Applied(count)
 
 
@@ -274,14 +281,8 @@ async def _apply_source(
 ) -> None:
     net = reduce_events(part.events)
     params = {**base, "source": part.source}
-    cur = await conn.execute(_EXPIRED, params)
-    expired = await cur.fetchone()
     await conn.execute(_SOURCE, {**params, "stale": stale_s, "snapshot": net.replace})
-    if net.replace or (expired is not None and expired[0]):
-        # A snapshot replaces everything; a source that had expired is not brought back by
-        # events alone (its stored calls are stale): it starts from nothing.
-        await conn.execute(_CLEAR, params)
-    elif net.ended:
+    if not net.replace and net.ended:
         await conn.execute(_DELETE, {**params, "ids": sorted(net.ended)})
     if net.rows:
         columns: dict[str, list[Any]] = {"call_id": list(net.rows)}
