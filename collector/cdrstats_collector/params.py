@@ -20,6 +20,7 @@ from .auth import ParamError
 Kind = Literal["integer", "string", "date", "instant", "enum", "cursor"]
 
 MAX_TEXT = 200
+MAX_CURSOR = 8192  # a cursor or CDR id holds a natural key (1,024 characters, UTF-8)
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ class Param:
         elif self.kind == "enum":
             out = {"type": "string", "enum": list(self.choices)}
         else:
-            out = {"type": "string", "maxLength": MAX_TEXT if self.kind == "string" else 400}
+            out = {"type": "string", "maxLength": MAX_TEXT if self.kind == "string" else MAX_CURSOR}
         if self.default is not None:
             out["default"] = self.default
         return out
@@ -112,7 +113,7 @@ def parse_value(p: Param, text: str) -> Any:
         if text not in p.choices:
             raise ParamError(name, f"must be one of {', '.join(p.choices)}; got {text[:40]!r}")
         return text
-    limit = MAX_TEXT if p.kind == "string" else 400
+    limit = MAX_TEXT if p.kind == "string" else MAX_CURSOR
     if len(text) > limit:
         raise ParamError(name, f"longer than {limit} characters")
     if "\x00" in text:

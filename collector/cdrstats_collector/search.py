@@ -163,7 +163,7 @@ def where(tenant: int, tz: ZoneInfo, args: Mapping[str, Any]) -> Where:
 
 
 def _encode(parts: list[Any]) -> str:
-    raw = json.dumps(parts, separators=(",", ":")).encode()
+    raw = json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 

@@ -129,3 +129,25 @@ def test_search_errors_name_the_parameter(api_server: ApiServer) -> None:  # noq
         r = api_server.get("/api/v1/cdrs", token, **params)
         assert r.status_code == 422, (params, r.text)
         assert r.json()["param"] == name, (params, r.text)
+
+
+def test_long_natural_keys_page_and_open(api_server: ApiServer) -> None:  # noqa: F811
+    """A 1,000-character key still gives a usable cursor and id."""
+    import asyncio
+
+    import psycopg
+    from collector_api_testkit import add_agent, ingest, make_cdrs
+
+    s = api_server.seed
+    with psycopg.connect(api_server.database_url, autocommit=True) as conn:
+        agent = add_agent(conn, s.tenant_b, "b-sw-long")
+    cdrs = make_cdrs("bl", "1", 3)
+    for i, c in enumerate(cdrs):
+        c.key = f"{i}" + "é" * 999
+    asyncio.run(ingest(api_server.database_url, agent, cdrs))
+    first = _search(api_server, "b_viewer", switch=agent.switch_id, limit=2)
+    assert first["count"] == 2 and first["next_cursor"]
+    rest = _search(api_server, "b_viewer", switch=agent.switch_id, cursor=first["next_cursor"])
+    assert rest["count"] == 1 and rest["next_cursor"] is None
+    r = api_server.get(f"/api/v1/cdrs/{rest['items'][0]['id']}", s.tokens["b_viewer"])
+    assert r.status_code == 200 and r.json()["key"] == cdrs[0].key
