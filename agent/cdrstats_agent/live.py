@@ -90,7 +90,9 @@ class LiveBuffer:
         self._changed = asyncio.Event()
         self._rotation = 0
         self.dropped = 0
-        """Events dropped in all (overflow, lost messages, waiting for a snapshot)."""
+        """Events lost in all (overflow, undelivered messages, waiting for a snapshot)."""
+        self.coalesced = 0
+        """Events not sent because a later snapshot of their source replaced them."""
 
     def queue(self, source: str) -> _SourceQueue:
         found = self._queues.get(source)
@@ -122,7 +124,7 @@ class LiveBuffer:
         else:
             q.calls.add(event["call_id"])
         if kind == "snapshot":
-            self._drop(q, len(q.events))
+            self.coalesced += len(q.events)
             q.events, q.weight, q.resync = [event], 1, False
         elif q.resync:
             self._drop(q, 1)
@@ -187,8 +189,10 @@ class LiveBuffer:
             q.weight -= len(part)
             budget -= len(part)
             taken.append(wire.LiveStream(name, part))
-        self._oldest = time.monotonic() if self.pending else None
-        if not self.pending:
+        if self.pending:
+            self._oldest = 0.0  # what is left waited at least as long: due at once
+        else:
+            self._oldest = None
             self._changed.clear()
         return taken
 
@@ -199,7 +203,7 @@ class LiveBuffer:
             if pending >= max_events:
                 return
             if pending:
-                oldest = self._oldest or time.monotonic()
+                oldest = time.monotonic() if self._oldest is None else self._oldest
                 left = oldest + interval_s - time.monotonic()
                 if left <= 0:
                     return
@@ -435,6 +439,7 @@ class LiveChannel:
             "sent_events": self.sent_events,
             "lost_messages": self.lost_messages,
             "dropped_events": self.buffer.dropped,
+            "coalesced_events": self.buffer.coalesced,
             "pending_events": self.buffer.pending,
             "sources": {
                 name: {

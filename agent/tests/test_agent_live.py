@@ -174,7 +174,7 @@ def test_snapshot_supersedes_pending_events() -> None:
     assert buffer.pending == 3
     assert buffer.add("fs", to_wire(snapshot("b", "x")))
     assert buffer.add("fs", to_wire(ended("x")))
-    assert buffer.pending == 2 and buffer.dropped == 3
+    assert buffer.pending == 2 and buffer.dropped == 0 and buffer.coalesced == 3
     [stream] = buffer.take(10)
     assert stream.source == "fs" and call_ids(stream.events) == ["snapshot", "x"]
     assert buffer.queue("fs").calls == {"b"}
@@ -242,6 +242,11 @@ async def test_wait_batch_returns_on_count_or_age() -> None:
     buffer.take(10)
     buffer.add("a", to_wire(started("4")))
     await asyncio.wait_for(buffer.wait_batch(100, 0.05), 5)  # age bound
+    for n in range(5, 10):
+        buffer.add("a", to_wire(started(str(n))))
+    assert len(buffer.take(3)[0].events) == 3
+    # What a full message left behind has waited long enough: it is due at once.
+    await asyncio.wait_for(buffer.wait_batch(100, 60), 5)
 
 
 # --- the channel against a collector peer ---------------------------------------------------------
