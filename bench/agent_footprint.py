@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def main() -> int:
             proc.wait(30)
         server.stop()
         drop_database(admin, name)
+        shutil.rmtree(work, ignore_errors=True)
     result = {
         "bench": "agent_footprint",
         "seconds": seconds,
