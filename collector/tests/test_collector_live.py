@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import msgpack
 import psycopg
+import psycopg_pool
 import pytest
 from cdrstats_agent import wire
 from cdrstats_agent.plugin import LiveEvent
@@ -392,6 +393,25 @@ def test_live_calls_api_is_tenant_scoped(collector_server: CollectorServer) -> N
     r = get(tokens["root"], tenant=tb)
     assert r.status_code == 200
     assert sorted(c["call_id"] for c in r.json()["calls"]) == ["b1", "b2"]
+
+    # In the database too: a query that forgets the tenant sees one tenant's rows only.
+    async def unscoped(tenant_id: int) -> tuple[Any, ...]:
+        pool = psycopg_pool.AsyncConnectionPool(db, min_size=1, max_size=1, open=False)
+        await pool.open()
+        try:
+            async with auth.tenant_connection(pool, tenant_id) as conn:
+                out = []
+                for table in ("live_call", "live_source", "live_count_minute"):
+                    cur = await conn.execute(f"SELECT DISTINCT tenant_id FROM {table}".encode())
+                    out.append(sorted(r[0] for r in await cur.fetchall()))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                async with auth.tenant_connection(pool, tenant_id) as conn:
+                    await conn.execute(b"SELECT count(*) FROM live_agent")  # not tenant data
+            return tuple(out)
+        finally:
+            await pool.close()
+
+    assert asyncio.run(unscoped(ta)) == ([ta], [ta], [ta])
 
 
 FUZZ_VALUES: list[Any] = [
