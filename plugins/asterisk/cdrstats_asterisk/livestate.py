@@ -11,7 +11,7 @@ lists rebuild the whole state (`snapshot`).
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -170,7 +170,7 @@ class LiveState:
 
     # --- snapshot -----------------------------------------------------------------------
 
-    def snapshot(self, listing: list[Mapping[str, Any]], at: float) -> LiveEvent:
+    def snapshot(self, listing: Sequence[Mapping[str, Any]], at: float) -> LiveEvent:
         """Replace the state with a CoreShowChannels listing (CoreShowChannel events)."""
         self.calls.clear()
         self.channels.clear()
