@@ -146,6 +146,7 @@ class AccPairer:
     def __init__(self, settings: PairSettings, state: PairState | None = None) -> None:
         self.settings = settings
         self.state = state or PairState()
+        self._epochs: dict[str, float] = {}
 
     # --- rows in ---------------------------------------------------------------------------
 
@@ -181,18 +182,28 @@ class AccPairer:
         self._expire(out)
         return out
 
+    def _epoch(self, value: Any) -> float:
+        """Epoch seconds of a time column; text values are cached (rows share seconds)."""
+        if type(value) is not str:
+            return to_utc(value, self.settings.tz).timestamp()
+        at = self._epochs.get(value)
+        if at is None:
+            if len(self._epochs) > 4096:
+                self._epochs.clear()
+            at = self._epochs[value] = to_utc(value, self.settings.tz).timestamp()
+        return at
+
     def _acc_row(self, row: Mapping[str, Any], out: Fed) -> None:
         s = self.settings
-        where = f"{s.acc_table}:{row['id']}"
         method = text(row.get("method")).strip().upper()
         try:
             callid = text(row.get("callid")).strip()
             if not callid:
                 raise ValueError("callid is empty")
             code = sip_code(row.get("sip_code"))
-            at = to_utc(row.get("time"), s.tz).timestamp()
+            at = self._epoch(row.get("time"))
         except ValueError as exc:
-            out.rejected.append(Rejected(where, str(exc)))
+            out.rejected.append(Rejected(f"{s.acc_table}:{row['id']}", str(exc)))
             return
         self.state.clock = max(self.state.clock, at)
         from_tag = text(row.get("from_tag")).strip()
@@ -200,6 +211,7 @@ class AccPairer:
         if method == "INVITE":
             if code >= 300:
                 if s.failed_from == "acc":
+                    where = f"{s.acc_table}:{row['id']}"
                     try:
                         out.cdrs.append(self._failed_cdr(row, where))
                     except ValueError as exc:
@@ -211,7 +223,9 @@ class AccPairer:
                 out.ignored += 1  # early media (early_media=1): not a call event
                 return
             if not from_tag:
-                out.rejected.append(Rejected(where, "INVITE without from_tag"))
+                out.rejected.append(
+                    Rejected(f"{s.acc_table}:{row['id']}", "INVITE without from_tag")
+                )
                 return
             if self._find(callid, from_tag, to_tag) is not None:
                 out.ignored += 1  # a re-INVITE of an open call
@@ -229,7 +243,7 @@ class AccPairer:
             if found is None:
                 out.rejected.append(
                     Rejected(
-                        where,
+                        f"{s.acc_table}:{row['id']}",
                         f"BYE of Call-ID {callid!r} matches no open INVITE (the INVITE was not"
                         " accounted, or the call was closed by open_call_timeout_s)",
                     )

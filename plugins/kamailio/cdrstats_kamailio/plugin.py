@@ -7,8 +7,9 @@ polls the accounting database every `poll_s` seconds:
   (or failed INVITEs in `acc`); checkpoint = both tables' last id + the open INVITEs.
 - `records = "acc_cdrs"`: one dialog-based CDR per `acc_cdrs` row; checkpoint = last id.
 
-`live()` polls the dialog module (`dlg.stats_active`, `dlg.list`) and `actions()` returns
-`block_ip` / `unblock_ip` on an htable, both through `rpc_url`.
+With `rpc_url` the source is a `KamailioLiveSource`: `live()` polls the dialog module
+(`dlg.stats_active`, `dlg.list`) and `actions()` returns `block_ip` / `unblock_ip` on an
+htable. Without it the source has neither (the agent's firewall backend blocks instead).
 """
 
 from __future__ import annotations
@@ -66,7 +67,6 @@ class KamailioSource:
     def __init__(self, name: str, options: KamailioOptions) -> None:
         self.name = name
         self.options = options
-        self._rpc: RpcClient | None = None
 
     # --- database --------------------------------------------------------------------------
 
@@ -237,32 +237,38 @@ class KamailioSource:
         finally:
             await asyncio.to_thread(db.close)
 
-    # --- live calls and actions ------------------------------------------------------------
+    async def close(self) -> None:
+        pass
 
-    def _rpc_client(self) -> RpcClient | None:
-        if self.options.rpc_url is None:
-            return None
+
+class KamailioLiveSource(KamailioSource):
+    """A source with `rpc_url`: also live dialogs and, with a `ban_table`, native blocking."""
+
+    def __init__(self, name: str, options: KamailioOptions) -> None:
+        super().__init__(name, options)
+        assert options.rpc_url is not None
+        self.rpc_url = options.rpc_url
+        self._rpc: RpcClient | None = None
+
+    def _rpc_client(self) -> RpcClient:
         if self._rpc is None:
-            self._rpc = RpcClient(self.options.rpc_url, self.options.rpc_timeout_s)
+            self._rpc = RpcClient(self.rpc_url, self.options.rpc_timeout_s)
         return self._rpc
 
     async def live(self) -> AsyncIterator[LiveEvent]:
-        rpc = self._rpc_client()
-        if rpc is None:
-            log.info("live_disabled", source=self.name, reason="no rpc_url configured")
-            await asyncio.Event().wait()  # nothing to report, until cancelled
-            return
         poller = DialogPoller(
-            self.name, rpc, self.options.live_interval_s, self.options.snapshot_interval_s
+            self.name,
+            self._rpc_client(),
+            self.options.live_interval_s,
+            self.options.snapshot_interval_s,
         )
         async for event in poller.events():
             yield event
 
     def actions(self) -> Mapping[str, ActionHandler]:
-        rpc = self._rpc_client()
-        if rpc is None or self.options.ban_table is None:
+        if self.options.ban_table is None:
             return {}
-        ban = HtableBan(rpc, self.options.ban_table)
+        ban = HtableBan(self._rpc_client(), self.options.ban_table)
         return {"block_ip": ban.block_ip, "unblock_ip": ban.unblock_ip}
 
     async def close(self) -> None:
@@ -277,7 +283,10 @@ class KamailioPlugin:
     sample_config = SAMPLE_CONFIG
 
     def create_source(self, name: str, options: Mapping[str, Any]) -> KamailioSource:
-        return KamailioSource(name, parse_options(options))
+        parsed = parse_options(options)
+        if parsed.rpc_url is not None:
+            return KamailioLiveSource(name, parsed)
+        return KamailioSource(name, parsed)
 
 
-__all__ = ["KamailioPlugin", "KamailioSource"]
+__all__ = ["KamailioLiveSource", "KamailioPlugin", "KamailioSource"]

@@ -18,7 +18,8 @@ import psycopg
 import pytest
 from cdrstats_agent.model import Disposition
 from cdrstats_agent.plugin import LiveEvent
-from cdrstats_kamailio.plugin import KamailioPlugin
+from cdrstats_agent.testing import live_event_problems
+from cdrstats_kamailio.plugin import KamailioLiveSource, KamailioPlugin
 from kamailio_testkit import (
     UacProcess,
     UacRun,
@@ -51,6 +52,12 @@ def finished(run: UacRun | UacProcess) -> UacRun:
 
 def wait_uac(proc: UacRun | UacProcess) -> None:
     finished(proc)
+
+
+def live_source(name: str, options: dict[str, Any]) -> KamailioLiveSource:
+    source = KamailioPlugin().create_source(name, options)
+    assert isinstance(source, KamailioLiveSource), "rpc_url makes a live source"
+    return source
 
 
 def calls_in_kamailio(rig: Rig) -> set[str]:
@@ -194,7 +201,7 @@ async def test_live_dialogs_appear_while_calls_are_up_and_disappear_after(
 ) -> None:
     rig, k = kamailio_rig, kamailio_rig.kamailio
     u = unique()
-    source = KamailioPlugin().create_source(
+    source = live_source(
         "kam-live",
         {"db_url": rig.db.url, "rpc_url": k.rpc_url, "live_interval_s": 0.1,
          "snapshot_interval_s": 0.5},
@@ -242,6 +249,8 @@ async def test_live_dialogs_appear_while_calls_are_up_and_disappear_after(
         await eventually(  # a periodic snapshot comes, without them
             lambda: sum(e.kind == "snapshot" for e in events) > snapshots_before, 20, lambda: ""
         )
+        assert events[0].kind == "snapshot"
+        assert [p for e in events for p in live_event_problems(e)] == []
         last = [e for e in events if e.kind == "snapshot"][-1]
         assert not set(up) & {c["call_id"] for c in last.calls}
     finally:
@@ -256,7 +265,7 @@ async def test_block_ip_makes_kamailio_answer_403_and_unblock_lets_it_call(
 ) -> None:
     rig, k = kamailio_rig, kamailio_rig.kamailio
     u = unique()
-    source = KamailioPlugin().create_source(
+    source = live_source(
         "kam-ban", {"db_url": rig.db.url, "rpc_url": k.rpc_url, "ban_table": "ipban"}
     )
     actions = source.actions()
@@ -298,9 +307,7 @@ async def test_block_ip_makes_kamailio_answer_403_and_unblock_lets_it_call(
 
 async def test_block_ip_refuses_bad_input_and_changes_nothing(kamailio_rig: Rig) -> None:
     k = kamailio_rig.kamailio
-    source = KamailioPlugin().create_source(
-        "kam-ban", {"db_url": kamailio_rig.db.url, "rpc_url": k.rpc_url}
-    )
+    source = live_source("kam-ban", {"db_url": kamailio_rig.db.url, "rpc_url": k.rpc_url})
     actions = source.actions()
     try:
         for args, message in (
@@ -314,7 +321,7 @@ async def test_block_ip_refuses_bad_input_and_changes_nothing(kamailio_rig: Rig)
             with pytest.raises(ValueError, match=message):
                 await actions["block_ip"](args)
         assert await asyncio.to_thread(k.rpc, "htable.dump", "ipban") == []
-        wrong = KamailioPlugin().create_source(
+        wrong = live_source(
             "kam-ban", {"db_url": kamailio_rig.db.url, "rpc_url": k.rpc_url, "ban_table": "nope"}
         )
         with pytest.raises(Exception, match="No such htable"):

@@ -15,8 +15,9 @@ import psycopg
 import pytest
 from cdrstats_agent.errors import ConfigError, SourceError
 from cdrstats_agent.model import Disposition
+from cdrstats_agent.plugin import native_actions, supports_live
 from cdrstats_kamailio.db import GapGuard
-from cdrstats_kamailio.plugin import KamailioPlugin, KamailioSource
+from cdrstats_kamailio.plugin import KamailioLiveSource, KamailioPlugin, KamailioSource
 from kamailio_testkit import KamailioDB, collect
 
 T0 = (datetime.now(UTC) - timedelta(minutes=10)).replace(tzinfo=None, microsecond=0)
@@ -235,6 +236,7 @@ def test_passwords_never_appear_in_errors() -> None:
 async def test_live_keeps_retrying_while_kamailio_rpc_is_unreachable() -> None:
     src = source("mysql://k@127.0.0.1/kamailio", rpc_url="http://127.0.0.1:1/RPC",
                  live_interval_s=0.05)  # fmt: skip
+    assert isinstance(src, KamailioLiveSource)
     events: list[Any] = []
 
     async def consume() -> None:
@@ -251,8 +253,11 @@ async def test_live_keeps_retrying_while_kamailio_rpc_is_unreachable() -> None:
     await src.close()
 
 
-def test_no_rpc_url_means_no_native_actions() -> None:
-    assert source("mysql://k@127.0.0.1/kamailio").actions() == {}
+def test_no_rpc_url_means_no_live_and_no_native_actions() -> None:
+    plain = source("mysql://k@127.0.0.1/kamailio")
+    assert not supports_live(plain) and native_actions(plain) == {}
     with_rpc = source("mysql://k@127.0.0.1/kamailio", rpc_url="http://127.0.0.1:5071/RPC")
-    assert set(with_rpc.actions()) == {"block_ip", "unblock_ip"}
-    assert source("mysql://k@127.0.0.1/k", rpc_url="http://h/RPC", ban_table="").actions() == {}
+    assert supports_live(with_rpc)
+    assert set(native_actions(with_rpc)) == {"block_ip", "unblock_ip"}
+    no_ban = source("mysql://k@127.0.0.1/k", rpc_url="http://h/RPC", ban_table="")
+    assert supports_live(no_ban) and native_actions(no_ban) == {}
