@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import security
+from . import audit, security
 from .console import Console, page
 
 _USERS = """
@@ -58,6 +58,7 @@ async def _render(
             for r in rows
         ],
         "roles": users.ROLES if who.is_superadmin else users.ROLES[1:],
+        "audit": await audit.recent(get_state(request).pool, scope),
         "active": "admin",
         **(extra or {}),
     }
@@ -69,9 +70,24 @@ async def view(console: Console, request: Request) -> Response:
     return await _render(console, request, await _admin(request))
 
 
-def _sync(database_url: str, fn: Any, *args: Any) -> Any:
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
-        return fn(conn, *args)
+def _sync(
+    database_url: str,
+    who: auth.Principal,
+    action: str,
+    target: str,
+    detail: dict[str, Any],
+    fn: Any,
+    *args: Any,
+) -> Any:
+    """`fn(conn, *args)` and its audit entry in one transaction."""
+    with psycopg.connect(database_url, connect_timeout=5) as conn, conn.transaction():
+        result = fn(conn, *args)
+        tenant_name = detail.get("tenant")
+        tenant_id = tenants.tenant_id(conn, tenant_name) if tenant_name else None
+        if action == "tenant.create":
+            tenant_id = int(result)
+        audit.record_sync(conn, who, action, tenant_id, target, detail)
+        return result
 
 
 @page
@@ -84,7 +100,15 @@ async def add_tenant(console: Console, request: Request) -> Response:
     timezone = str(form.get("timezone") or "UTC").strip()[:64]
     try:
         await asyncio.to_thread(
-            _sync, console.settings.database_url, tenants.add_tenant, name, timezone
+            _sync,
+            console.settings.database_url,
+            who,
+            "tenant.create",
+            name,
+            {"timezone": timezone},
+            tenants.add_tenant,
+            name,
+            timezone,
         )
     except tenants.AdminError as exc:
         return await _render(console, request, who, {"error": str(exc)}, 422)
@@ -110,6 +134,10 @@ async def add_user(console: Console, request: Request) -> Response:
         await asyncio.to_thread(
             _sync,
             console.settings.database_url,
+            who,
+            "user.create",
+            username,
+            {"role": role, "tenant": tenant_name},
             users.add_user,
             username,
             role,

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import security
+from . import audit, security
 from .console import Console, page
 
 ADMIN_ROLES = ("superadmin", "tenant_admin")
@@ -99,16 +99,21 @@ async def _admin_context(
     return who, tenant
 
 
-def _make_token(database_url: str, tenant_id: int, switch: str, hours: int) -> str:
-    with psycopg.connect(database_url, autocommit=True, connect_timeout=5) as conn:
+def _make_token(
+    database_url: str, who: auth.Principal, tenant_id: int, switch: str, hours: int
+) -> str:
+    """The token, the switch (created when new) and the audit entry in one transaction."""
+    with psycopg.connect(database_url, connect_timeout=5) as conn, conn.transaction():
         switch_id = tenants.ensure_switch(conn, tenant_id, switch)
-        return enroll.create_token(conn, tenant_id, switch_id, timedelta(hours=hours))
+        token = enroll.create_token(conn, tenant_id, switch_id, timedelta(hours=hours))
+        audit.record_sync(conn, who, "agent_token.create", tenant_id, switch, {"ttl_hours": hours})
+        return str(token)
 
 
 @page
 async def create_token(console: Console, request: Request) -> Response:
     form = await security.checked_form(request)
-    _who, tenant = await _admin_context(console, request)
+    who, tenant = await _admin_context(console, request)
     switch = str(form.get("switch") or "").strip()
     ttl_text = str(form.get("ttl_hours") or "24").strip()
     problem = None
@@ -119,7 +124,7 @@ async def create_token(console: Console, request: Request) -> Response:
     if problem:
         return await _render(console, request, {"error": problem}, status=422)
     token = await asyncio.to_thread(
-        _make_token, console.settings.database_url, int(tenant["id"]), switch, int(ttl_text)
+        _make_token, console.settings.database_url, who, int(tenant["id"]), switch, int(ttl_text)
     )
     command = f"cdrstats-agent enroll {console.settings.url} {token}"
     notice = {"switch": switch, "command": command, "hours": int(ttl_text)}
@@ -129,7 +134,7 @@ async def create_token(console: Console, request: Request) -> Response:
 @page
 async def revoke(console: Console, request: Request) -> Response:
     form = await security.checked_form(request)
-    _who, tenant = await _admin_context(console, request)
+    who, tenant = await _admin_context(console, request)
     try:
         agent_id = UUID(str(form.get("agent_id") or ""))
     except ValueError:
@@ -137,6 +142,8 @@ async def revoke(console: Console, request: Request) -> Response:
     state = get_state(request)
     async with state.pool.connection() as conn, conn.transaction():
         row = await (await conn.execute(_REVOKE, (agent_id, tenant["id"]))).fetchone()
+        if row is not None:
+            await audit.record(conn, who, "agent.revoke", int(tenant["id"]), str(agent_id))
     if row is None:
         return await _render(
             console, request, {"error": f"no active agent {agent_id} in this tenant"}, 404

@@ -257,3 +257,88 @@ def test_sse_delivers_own_tenant_batches_and_resumes(
     # An unknown resume point (another process, or a restart) gets a resync event.
     with SSEReader(c, f"/t/{acme}/events", {"Last-Event-ID": "deadbeef-5"}) as stream:
         assert stream.next_event()[1] == "resync"
+
+
+def _audit(database_url: str) -> list[tuple[object, ...]]:
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        return conn.execute(
+            "SELECT t.name, a.username, a.action, a.target FROM audit_log a"
+            " LEFT JOIN tenant t ON t.id = a.tenant_id ORDER BY a.id"
+        ).fetchall()
+
+
+def test_admin_actions_are_audited_and_scoped(
+    base: str, seeded: Seeded, collector_server: CollectorServer
+) -> None:
+    root = login(base, "root")
+    token = csrf_of(root.get("/admin").text)
+    r = root.post(
+        "/admin/tenants", data={"name": "initech", "timezone": "Asia/Tokyo", "csrf_token": token}
+    )
+    assert r.status_code == 201 and "initech" in r.text
+    dup = root.post("/admin/tenants", data={"name": "initech", "csrf_token": token})
+    assert dup.status_code == 422 and "already exists" in dup.text
+    bad = root.post(
+        "/admin/tenants", data={"name": "x", "timezone": "Mars/Base", "csrf_token": token}
+    )
+    assert bad.status_code == 422 and "timezone" in bad.text
+    r = root.post(
+        "/admin/users",
+        data={
+            "username": "ivan",
+            "role": "tenant_viewer",
+            "tenant": "initech",
+            "password": "p" * 12,
+            "csrf_token": token,
+        },
+    )
+    assert r.status_code == 201
+    short = root.post(
+        "/admin/users",
+        data={
+            "username": "ivan2",
+            "role": "tenant_viewer",
+            "tenant": "initech",
+            "password": "short",
+            "csrf_token": token,
+        },
+    )
+    assert short.status_code == 422 and "at least 10" in short.text
+    alice = login(base, "alice")  # tenant admin of acme
+    page = alice.get("/admin")
+    assert page.status_code == 200 and "initech" not in page.text and "gina" not in page.text
+    t2 = csrf_of(page.text)
+    assert alice.post("/admin/tenants", data={"name": "evil", "csrf_token": t2}).status_code == 403
+    r = alice.post(
+        "/admin/users",
+        data={"username": "root2", "role": "superadmin", "password": "p" * 12, "csrf_token": t2},
+    )
+    assert r.status_code == 403
+    # A tenant admin's new user lands in its own tenant whatever the form says.
+    r = alice.post(
+        "/admin/users",
+        data={
+            "username": "vera",
+            "role": "tenant_viewer",
+            "tenant": "globex",
+            "password": "p" * 12,
+            "csrf_token": t2,
+        },
+    )
+    assert r.status_code == 201
+    acme = seeded.tenant_ids["acme"]
+    alice.post(f"/t/{acme}/switches/token", data={"switch": "pbx-9", "csrf_token": t2})
+    assert _audit(collector_server.database_url) == [
+        ("initech", "root", "tenant.create", "initech"),
+        ("initech", "root", "user.create", "ivan"),
+        ("acme", "alice", "user.create", "vera"),
+        ("acme", "alice", "agent_token.create", "pbx-9"),
+    ]
+    vera = login(base, "vera", "p" * 12)
+    assert vera.get("/").headers["location"] == f"/t/{acme}/"
+    # Tenant admins see their tenant's entries only; the superadmin sees all.
+    audit_alice = alice.get("/admin").text
+    assert "agent_token.create" in audit_alice and "tenant.create" not in audit_alice
+    assert "tenant.create" in root.get("/admin").text
