@@ -10,7 +10,7 @@ import threading
 import time
 import uuid as uuidlib
 from collections.abc import AsyncIterator, Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -43,12 +43,14 @@ def call_variables(
     """The variables of call number `n` (deterministic), as mod_cdr_* would substitute them.
 
     Calls start at `base` (default 2026-03-01 10:00 local) plus `n` minutes."""
-    first = base.astimezone(zone) if base else datetime(2026, 3, 1, 10, 0, 0, tzinfo=zone)
-    start = first + timedelta(minutes=n)
+    first = base if base else datetime(2026, 3, 1, 10, 0, 0, tzinfo=zone)
+    # Instants computed in UTC, then written as the switch's wall clock (which may jump).
+    start = (first.astimezone(UTC) + timedelta(minutes=n)).astimezone(zone)
     ring = 3 + n % 5
     talk = (30 + n % 300) if answered else 0
-    answer = start + timedelta(seconds=ring) if answered else None
-    end = start + timedelta(seconds=ring + talk)
+    at = start.astimezone(UTC)
+    answer = (at + timedelta(seconds=ring)).astimezone(zone) if answered else None
+    end = (at + timedelta(seconds=ring + talk)).astimezone(zone)
     fmt = "%Y-%m-%d %H:%M:%S"
     return {
         "caller_id_name": f"Caller {n}",
