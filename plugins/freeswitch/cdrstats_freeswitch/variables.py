@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
@@ -88,6 +88,8 @@ class Settings:
     country_code: str | None = None
     international_prefix: str = "00"
     national_prefix: str = "0"
+    hours: dict[str, timedelta | None] = field(default_factory=dict, compare=False, repr=False)
+    """UTC offset of each local hour (`YYYY-MM-DD HH`) seen, None when it holds a change."""
 
     @property
     def zone(self) -> tzinfo:
@@ -139,7 +141,33 @@ def _epoch(value: str, scale: int) -> datetime | None:
     return stamp if stamp >= _UNSET_BEFORE else None
 
 
-def _times(variables: Mapping[str, Any], which: str, zone: tzinfo) -> tuple[datetime, ...] | None:
+def _hour_offset(hour: str, zone: tzinfo, hours: dict[str, timedelta | None]) -> timedelta | None:
+    """The UTC offset of every stamp of a local hour (`YYYY-MM-DD HH`), or None when the hour
+    holds a change of offset (DST): those stamps take the csv plugin's careful path."""
+    if hour in hours:
+        return hours[hour]
+    try:
+        top = datetime.fromisoformat(hour + ":00:00")
+    except ValueError:
+        return None
+    offsets = {
+        moment.replace(tzinfo=zone, fold=fold).utcoffset()
+        for moment in (top, top.replace(minute=59, second=59))
+        for fold in (0, 1)
+    }
+    offset = offsets.pop() if len(offsets) == 1 else None
+    if len(hours) > 4096:
+        hours.clear()
+    hours[hour] = offset
+    return offset
+
+
+def _times(
+    variables: Mapping[str, Any],
+    which: str,
+    zone: tzinfo,
+    hours: dict[str, timedelta | None] | None = None,
+) -> tuple[datetime, ...] | None:
     """Candidate instants of `which` (start/answer/end), preferring epoch fields."""
     for suffix, scale in (("uepoch", 1_000_000), ("epoch", 1)):
         name = f"{which}_{suffix}"
@@ -161,18 +189,14 @@ def _times(variables: Mapping[str, Any], which: str, zone: tzinfo) -> tuple[date
     text = _text(raw)
     if not text:
         return None
-    if len(text) == 19 and text[10] == " ":
-        # Fast path for `YYYY-MM-DD HH:MM:SS` outside a DST change (both folds agree);
-        # the rest (DST gaps and overlaps, other formats) goes through the csv plugin's rules.
-        try:
-            naive = datetime.fromisoformat(text)
-        except ValueError:
-            naive = None
-        if naive is not None:
-            local = naive.replace(tzinfo=zone)
-            offset = local.utcoffset()
-            if offset is not None and offset == local.replace(fold=1).utcoffset():
-                stamp = (naive - offset).replace(tzinfo=UTC)
+    if len(text) == 19 and text[10] == " " and hours is not None:
+        offset = _hour_offset(text[:13], zone, hours)
+        if offset is not None:
+            try:
+                stamp = (datetime.fromisoformat(text) - offset).replace(tzinfo=UTC)
+            except ValueError:
+                pass
+            else:
                 return None if stamp < _UNSET_BEFORE else (stamp,)
     try:
         found: tuple[datetime, ...] | None = parse_time(text, _STAMP_FORMATS, zone)
@@ -260,9 +284,10 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
     if a_leg is not None and settings.legs == "a":
         return Skipped(a_leg)
     zone = settings.zone
-    start_c = _times(variables, "start", zone)
-    answer_c = _times(variables, "answer", zone)
-    end_c = _times(variables, "end", zone)
+    hours = settings.hours
+    start_c = _times(variables, "start", zone, hours)
+    answer_c = _times(variables, "answer", zone, hours)
+    end_c = _times(variables, "end", zone, hours)
     duration = _seconds(variables, "duration")
     billsec = _seconds(variables, "billsec")
     start, answer, end = resolve(start_c, answer_c, end_c, duration, billsec)
