@@ -125,6 +125,11 @@ def primary_key(table: str) -> tuple[str, ...]:
     return ("tenant_id", "switch_id", bucket)
 
 
+def bucket_column(table: str) -> str:
+    """`hour`, `day` or `minute`: the time bucket of an aggregate table."""
+    return next(c for c in primary_key(table) if c in ("hour", "day", "minute"))
+
+
 def _projection(table: Table, source: str, where: str) -> str:
     """INSERT ... SELECT ... GROUP BY ... ON CONFLICT DO UPDATE adding, from fine groups."""
     key = ("tenant_id", table.bucket, *table.keys)

@@ -13,8 +13,9 @@ For every stored CDR the collector decides, once at ingest, where the call went:
 
 Parsing with phonenumbers costs tens of µs, so what it says is cached by the country
 calling code, the next `NATIONAL_DIGITS` digits and the number's length: numbers sharing
-those share one answer, computed for the number made of those digits followed by zeros (the
-type of a number is decided by its leading digits in practically every numbering plan). The
+those share one answer, computed for the number made of those digits followed by zeros (or
+fives, or twos: the first padding that gives a valid number; the type of a number is decided
+by its leading digits in practically every numbering plan). The
 result depends only on that key, never on which number came first. The prefix table is a
 dict looked up once per distinct prefix length. Numbers with no E.164 form (extensions,
 service codes) have no destination.
@@ -179,18 +180,39 @@ class Classifier:
 
 
 def _library_destination(lead: str, length: int) -> tuple[str | None, str]:
-    """Country and kind from phonenumbers, for the number `lead` padded with zeros."""
-    canonical = "+" + lead + "0" * max(0, length - len(lead))
-    try:
-        number = phonenumbers.parse(canonical, None)
-    except phonenumbers.NumberParseException:
+    """Country and kind from phonenumbers, for `lead` padded to `length` digits.
+
+    The padding is the first of `_PADS` that gives a number of a known type (zeros are not
+    always allowed: a North American exchange cannot start with 0), else the last one tried.
+    The number is built directly (parsing text costs more than the classification).
+    """
+    cc = next((n for n in (1, 2, 3) if lead[:n] in _CALLING_CODES), 0)
+    if not cc:
         return None, "unknown"
-    region = phonenumbers.region_code_for_number(number)
+    region: str | None = None
+    number_type = PhoneNumberType.UNKNOWN
+    for pad in _PADS:
+        national = (lead + pad * max(0, length - len(lead)))[cc:]
+        if not national:
+            break
+        zeros = len(national) - len(national.lstrip("0"))
+        number = phonenumbers.PhoneNumber(
+            country_code=int(lead[:cc]),
+            national_number=int(national),
+            italian_leading_zero=zeros > 0 or None,
+            number_of_leading_zeros=zeros if zeros > 1 else None,
+        )
+        region = phonenumbers.region_code_for_number(number)
+        number_type = phonenumbers.number_type(number)
+        if number_type != PhoneNumberType.UNKNOWN:
+            break
     if region is None:
-        region = phonenumbers.region_code_for_country_code(number.country_code or 0)
+        region = phonenumbers.region_code_for_country_code(int(lead[:cc]))
     country = region if region in _REGIONS else None
-    kind = _KIND_OF_TYPE.get(phonenumbers.number_type(number), "unknown")
-    return country, kind
+    return country, _KIND_OF_TYPE.get(number_type, "unknown")
+
+
+_PADS = ("0", "5", "2")
 
 
 # --- loading from the database ----------------------------------------------------------------

@@ -2,7 +2,14 @@
 
     cdrstats serve [--host 127.0.0.1] [--port 8080]
     cdrstats db upgrade | db maintain
+    cdrstats db rebuild-aggregates [--tenant T] [--since ISO --until ISO]
     cdrstats tenant add NAME [--timezone TZ]
+    cdrstats tenant retention NAME --cdr-days N | --default
+    cdrstats switch set NAME --tenant T [--country CC] [--international-prefix P]
+                                        [--national-prefix P]
+    cdrstats switch list --tenant T
+    cdrstats prefix import FILE [--replace] | prefix list [--starting DIGITS]
+    cdrstats prefix delete PREFIX
     cdrstats user add USERNAME --role ROLE [--tenant T] [--password P]
     cdrstats user passwd USERNAME [--password P]
     cdrstats agent-token create --tenant T --switch NAME [--ttl HOURS] [--url URL]
@@ -21,7 +28,7 @@ import asyncio
 import secrets
 import sys
 from collections.abc import Callable, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +36,19 @@ import psycopg
 from cdrstats_agent import logs
 from cdrstats_agent.errors import ConfigError
 
-from . import auth, embedded, enroll, maintenance, migrate, settings, tenants, users
+from . import (
+    aggregates,
+    auth,
+    dialplan,
+    embedded,
+    enroll,
+    maintenance,
+    migrate,
+    retention,
+    settings,
+    tenants,
+    users,
+)
 
 
 class UsageError(Exception):
@@ -86,7 +105,10 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
     async def run() -> maintenance.Report:
         async with await psycopg.AsyncConnection.connect(cfg.database_url) as conn:
             return await maintenance.run(
-                conn, months_ahead=cfg.months_ahead, batch_keep_days=cfg.batch_keep_days
+                conn,
+                months_ahead=cfg.months_ahead,
+                batch_keep_days=cfg.batch_keep_days,
+                keep=retention.Policy(cfg.cdr_retention_days, cfg.aggregate_retention_days),
             )
 
     report = asyncio.run(run())
@@ -94,6 +116,123 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
         f"partitions ensured for {report.partitions_ensured} months,"
         f" {report.batches_pruned} old batch records pruned"
     )
+    done = report.retention_done
+    dropped = ", ".join(done.partitions_dropped)
+    print(
+        f"retention: {len(done.partitions_dropped)} cdr partitions dropped"
+        f"{' (' + dropped + ')' if dropped else ''},"
+        f" {done.cdr_rows_deleted} CDRs deleted, {done.aggregate_rows_deleted} aggregate rows"
+        " deleted"
+    )
+    return 0
+
+
+def _instant(text: str | None, option: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"{option} {text!r} is not an ISO date or date-time") from None
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def cmd_db_rebuild(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    since, until = _instant(args.since, "--since"), _instant(args.until, "--until")
+    if (since is None) != (until is None):
+        raise UsageError("give both --since and --until, or neither (everything)")
+    if since is not None and until is not None and until <= since:
+        raise UsageError("--until must be after --since")
+    with _connect(cfg) as conn:
+        tid = tenants.tenant_id(conn, args.tenant) if args.tenant else None
+        if since is None or until is None:
+            done = aggregates.rebuild_all(conn, tid)
+        else:
+            ids = (
+                [tid]
+                if tid is not None
+                else [int(r[0]) for r in conn.execute("SELECT id FROM tenant ORDER BY id")]
+            )
+            done = [aggregates.rebuild(conn, t, since, until) for t in ids]
+    for r in done:
+        print(
+            f"tenant {r.tenant_id}: hours {r.hours[0].isoformat()} to {r.hours[1].isoformat()},"
+            f" local days {r.days[0]} to {r.days[1]} rebuilt"
+        )
+    if not done:
+        print("no CDRs: nothing to rebuild")
+    return 0
+
+
+def cmd_tenant_retention(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    if args.default == (args.cdr_days is not None):
+        raise UsageError("give either --cdr-days N or --default")
+    with _connect(cfg) as conn:
+        retention.set_tenant_retention(conn, args.name, args.cdr_days)
+    if args.cdr_days is None:
+        print(f"tenant {args.name!r}: raw CDRs kept as the collector's [retention] cdr_days")
+    else:
+        print(f"tenant {args.name!r}: raw CDRs kept {args.cdr_days} days")
+    return 0
+
+
+def cmd_switch_set(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        plan = dialplan.set_switch_plan(
+            conn,
+            args.tenant,
+            args.name,
+            country=args.country,
+            international_prefix=args.international_prefix,
+            national_prefix=args.national_prefix,
+        )
+    print(
+        f"switch {args.name!r}: country {plan.country or '-'}, international prefix"
+        f" {plan.international_prefix or '-'}, national prefix {plan.national_prefix or '-'}"
+    )
+    return 0
+
+
+def cmd_switch_list(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        plans = dialplan.list_switch_plans(conn, args.tenant)
+    for sp in plans:
+        p = sp.plan
+        print(
+            f"{sp.name}\tcountry={p.country or '-'}"
+            f"\tinternational_prefix={p.international_prefix or '-'}"
+            f"\tnational_prefix={p.national_prefix or '-'}"
+        )
+    return 0
+
+
+def cmd_prefix_import(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    entries = dialplan.read_prefix_file(args.file)
+    with _connect(cfg) as conn:
+        n = dialplan.import_prefixes(conn, entries, replace=args.replace)
+    print(f"{n} dial prefixes imported{' (the table was replaced)' if args.replace else ''}")
+    return 0
+
+
+def cmd_prefix_list(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        rows = dialplan.list_prefixes(conn, args.starting or "")
+    for p in rows:
+        print(f"{p.prefix}\t{p.name}\t{p.country or ''}\t{p.kind or ''}")
+    return 0
+
+
+def cmd_prefix_delete(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        dialplan.delete_prefix(conn, args.prefix)
+    print(f"dial prefix {args.prefix} deleted")
     return 0
 
 
@@ -198,7 +337,13 @@ def build_parser() -> argparse.ArgumentParser:
         dest="db_command", required=True, metavar="COMMAND"
     )
     command(db, "upgrade", cmd_db_upgrade, "apply pending migrations")
-    command(db, "maintain", cmd_db_maintain, "create partitions ahead, prune batch records")
+    command(db, "maintain", cmd_db_maintain, "create partitions ahead, prune, apply retention")
+    rebuild = command(
+        db, "rebuild-aggregates", cmd_db_rebuild, "recompute aggregates from the cdr table"
+    )
+    rebuild.add_argument("--tenant", help="one tenant (default: every tenant)")
+    rebuild.add_argument("--since", help="ISO date or date-time (UTC unless an offset is given)")
+    rebuild.add_argument("--until", help="ISO date or date-time, exclusive")
 
     tenant = sub.add_parser("tenant", help="tenants").add_subparsers(
         dest="tenant_command", required=True, metavar="COMMAND"
@@ -206,6 +351,33 @@ def build_parser() -> argparse.ArgumentParser:
     add = command(tenant, "add", cmd_tenant_add, "create a tenant")
     add.add_argument("name")
     add.add_argument("--timezone", default="UTC", help="IANA timezone (default UTC)")
+    tret = command(tenant, "retention", cmd_tenant_retention, "a tenant's own CDR retention")
+    tret.add_argument("name")
+    tret.add_argument("--cdr-days", type=int, help="keep this tenant's raw CDRs N days")
+    tret.add_argument("--default", action="store_true", help="use the collector's setting")
+
+    switch = sub.add_parser("switch", help="switches' numbering plans").add_subparsers(
+        dest="switch_command", required=True, metavar="COMMAND"
+    )
+    sset = command(switch, "set", cmd_switch_set, "set a switch's numbering plan")
+    sset.add_argument("name", help="switch name")
+    sset.add_argument("--tenant", required=True)
+    sset.add_argument("--country", help="ISO 3166 alpha-2 code of the switch's country ('' clears)")
+    sset.add_argument("--international-prefix", help="e.g. 00, 011 ('' for none)")
+    sset.add_argument("--national-prefix", help="e.g. 0, 1 ('' for none)")
+    slist = command(switch, "list", cmd_switch_list, "list a tenant's switches and plans")
+    slist.add_argument("--tenant", required=True)
+
+    prefix = sub.add_parser("prefix", help="dial prefixes (destinations)").add_subparsers(
+        dest="prefix_command", required=True, metavar="COMMAND"
+    )
+    pimp = command(prefix, "import", cmd_prefix_import, "import dial prefixes from a CSV file")
+    pimp.add_argument("file", type=Path, help="CSV: prefix,name,country,kind")
+    pimp.add_argument("--replace", action="store_true", help="delete prefixes not in the file")
+    plist = command(prefix, "list", cmd_prefix_list, "list dial prefixes")
+    plist.add_argument("--starting", help="only prefixes starting with these digits")
+    pdel = command(prefix, "delete", cmd_prefix_delete, "delete one dial prefix")
+    pdel.add_argument("prefix")
 
     user = sub.add_parser("user", help="console users").add_subparsers(
         dest="user_command", required=True, metavar="COMMAND"

@@ -1,5 +1,6 @@
 """Periodic upkeep: cdr partitions ahead of time, old `ingest_batch` rows pruned, expired live
-sources (and their calls) deleted.
+sources (and their calls) deleted, retention applied (retention.py: old partitions dropped,
+old aggregates deleted).
 
 Run by every `cdrstats serve` (at start, then every hour) and by `cdrstats db maintain`.
 Safe to run from several collectors at once (partition creation takes an advisory lock).
@@ -7,12 +8,12 @@ Safe to run from several collectors at once (partition creation takes an advisor
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 
-from . import live, partitions
+from . import live, partitions, retention
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +21,7 @@ class Report:
     partitions_ensured: int
     batches_pruned: int
     live_sources_pruned: int = 0
+    retention_done: retention.Done = field(default_factory=retention.Done)
 
 
 async def run(
@@ -28,6 +30,7 @@ async def run(
     months_ahead: int = 2,
     batch_keep_days: int = 30,
     cache: partitions.PartitionCache | None = None,
+    keep: retention.Policy | None = None,
 ) -> Report:
     first = partitions.current_month()
     months = [partitions.add_months(first, n) for n in range(months_ahead + 1)]
@@ -39,4 +42,5 @@ async def run(
         )
         pruned = max(cur.rowcount, 0)
     live_pruned = await live.prune(conn)
-    return Report(len(months), pruned, live_pruned)
+    done = await retention.run(conn, keep or retention.Policy(), cache=cache)
+    return Report(len(months), pruned, live_pruned, done)

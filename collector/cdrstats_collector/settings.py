@@ -23,6 +23,11 @@ The database URL comes from, in order: `--database-url`, the environment variabl
     [live]
     stale_s = 90              # a source's live calls are forgotten after this long without
                               # news from it (keep >= 3 x the plugins' snapshot interval)
+
+    [retention]               # docs/analytics.md, "Retention"
+    cdr_days = 0              # raw CDRs kept this many days (0: for ever); per tenant:
+                              #   `cdrstats tenant retention NAME --cdr-days N`
+    aggregate_days = 0        # aggregates kept this many days (0: for ever; >= cdr_days)
 """
 
 from __future__ import annotations
@@ -58,6 +63,8 @@ class Settings:
     months_ahead: int = 2
     maintenance_interval_s: float = 3600.0
     live_stale_s: float = 90.0
+    cdr_retention_days: int = 0
+    aggregate_retention_days: int = 0
 
     @property
     def url(self) -> str:
@@ -88,6 +95,7 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
     server = Options(top.table("server", {}), "server")
     maint = Options(top.table("maintenance", {}), "maintenance")
     live = Options(top.table("live", {}), "live")
+    keep = Options(top.table("retention", {}), "retention")
     top.finish()
     file_url = db.text("url", None)
     defaults = Settings(database_url="")
@@ -102,9 +110,19 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
         "batch_keep_days": maint.integer("batch_keep_days", defaults.batch_keep_days, minimum=1),
         "months_ahead": maint.integer("months_ahead", defaults.months_ahead, minimum=0),
         "live_stale_s": live.number("stale_s", defaults.live_stale_s, minimum=1),
+        "cdr_retention_days": keep.integer("cdr_days", 0, minimum=0),
+        "aggregate_retention_days": keep.integer("aggregate_days", 0, minimum=0),
     }
-    for opts in (db, server, maint, live):
+    for opts in (db, server, maint, live, keep):
         opts.finish()
+    cdr_days, agg_days = values["cdr_retention_days"], values["aggregate_retention_days"]
+    if agg_days and (cdr_days == 0 or agg_days < cdr_days):
+        raise ConfigError(
+            "retention.aggregate_days",
+            f"must be 0 or at least retention.cdr_days, got {agg_days}"
+            f" with cdr_days = {cdr_days}",
+            hint="aggregates are kept at least as long as the raw CDRs they summarise",
+        )
     if values["port"] > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {values['port']}")
     chosen = url or file_url

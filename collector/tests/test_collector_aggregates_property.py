@@ -168,7 +168,8 @@ def test_aggregates_equal_a_recomputation(
                 batch += [
                     variant(c, data.draw(st.sampled_from(list(Disposition))), 1) for c in picked
                 ]
-        if batch and data.draw(st.booleans(), label="duplicate inside"):
+        duplicate_inside: bool = data.draw(st.booleans(), label="duplicate inside")
+        if batch and duplicate_inside:
             batch.append(batch[0])
         last_seq[a] += 1
         digest = hashlib.sha256(repr((a, last_seq[a], batch)).encode()).digest()
