@@ -61,7 +61,7 @@ class Console:
         return Middleware(ConsoleSessions, https_only=self.https)
 
     def mount(self) -> Mount:
-        from . import accounts, admin, pages, stream, switches
+        from . import accounts, admin, pages, stream, switches, tokens
 
         def r(path: str, handler: Handler, methods: list[str] | None = None) -> Route:
             return Route(path, functools.partial(handler, self), methods=methods or ["GET"])
@@ -80,6 +80,9 @@ class Console:
             r("/t/{tenant:int}/switches", switches.view),
             r("/t/{tenant:int}/switches/token", switches.create_token, ["POST"]),
             r("/t/{tenant:int}/switches/revoke", switches.revoke, ["POST"]),
+            r("/account", tokens.view),
+            r("/account/tokens", tokens.create, ["POST"]),
+            r("/account/tokens/revoke", tokens.revoke, ["POST"]),
             r("/admin", admin.view),
             r("/admin/tenants", admin.add_tenant, ["POST"]),
             r("/admin/users", admin.add_user, ["POST"]),

@@ -280,6 +280,7 @@ def test_phone_viewport_has_no_horizontal_scroll(
             (f"/t/{acme}/reports", "reports"),
             (f"/t/{acme}/switches", "switches"),
             ("/admin", "admin"),
+            ("/account", "account"),
         ):
             page.goto(path)
             if name == "dashboard":
