@@ -158,6 +158,9 @@ class CsvSource:
         return cdrs, rejected
 
     async def read(self, checkpoint: str | None) -> AsyncGenerator[ReadResult, None]:
+        # Keys seen by an earlier read() may belong to results the agent never committed:
+        # a restart from the checkpoint must read them again.
+        self._recent.clear()
         follower = Follower(
             self.path,
             pattern=self.pattern,

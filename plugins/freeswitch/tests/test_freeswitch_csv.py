@@ -229,3 +229,19 @@ async def test_check(tmp_path: Path) -> None:
     await make_source({**OPTS, "path": str(tmp_path / "Master.csv")}).check()  # not yet created
     with pytest.raises(SourceError, match="does not exist, nor does its directory"):
         await make_source({**OPTS, "path": str(tmp_path / "no" / "Master.csv")}).check()
+
+
+async def test_a_restart_after_an_uncommitted_result_reads_it_again(tmp_path: Path) -> None:
+    """The runner's commit failed: read() is called again from the last committed checkpoint
+    on the same source object, and must deliver the same CDRs again (none remembered)."""
+    append_lines(tmp_path / "Master.csv", lines(TEMPLATES["example"], range(3)))
+    source = make_source({**OPTS, "path": str(tmp_path), "pattern": "*.csv*"})
+    first = Reader(source)
+    await first.take(3)
+    await first.agen.aclose()  # type: ignore[attr-defined]
+    again = Reader(source, None)
+    try:
+        await again.take(3)
+        assert [c.key for c in again.cdrs] == [c.key for c in first.cdrs]
+    finally:
+        await again.close()
