@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from kamailio_testkit import (
     REFERENCE,
     KamailioDB,
     KamailioProcess,
+    Rig,
     Uas,
     binaries_missing,
 )
@@ -47,14 +47,6 @@ def scratch_db(kamailio_reference: Path) -> Iterator[KamailioDB]:
         yield db
     finally:
         db.drop()
-
-
-@dataclass
-class Rig:
-    db: KamailioDB
-    kamailio: KamailioProcess
-    uas: dict[str, Uas]
-    workdir: Path
 
 
 @pytest.fixture(scope="session")

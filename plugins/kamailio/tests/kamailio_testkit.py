@@ -801,6 +801,16 @@ class UacProcess:
         kill_group(self.process)
 
 
+@dataclass
+class Rig:
+    """What the session fixture `kamailio_rig` gives a test."""
+
+    db: KamailioDB
+    kamailio: KamailioProcess
+    uas: dict[str, Uas]
+    workdir: Path
+
+
 # --- the real agent with a kamailio source ---------------------------------------------------
 
 

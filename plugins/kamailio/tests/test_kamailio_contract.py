@@ -17,21 +17,23 @@ from typing import Any
 import pytest
 from cdrstats_agent.testing import SourceContract
 from cdrstats_kamailio.plugin import KamailioPlugin
-from kamailio_testkit import KamailioDB
+from kamailio_testkit import KamailioDB, Rig
 
 _made: list[KamailioDB] = []
 _numbers = itertools.count(1)
 
 
 class AccFeed:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, rpc_url: str | None = None) -> None:
+        self.rpc_url = rpc_url
         self.db = KamailioDB(f"cdrstats_kam_c{os.getpid()}_{next(_numbers)}")
         _made.append(self.db)
         self.n = 0
         self.t0 = datetime.now(UTC).replace(tzinfo=None, microsecond=0) - timedelta(minutes=30)
 
     def options(self) -> dict[str, Any]:
-        return {"db_url": self.db.url, "timezone": "UTC", "poll_s": 0.02, "gap_wait_s": 0.2}
+        options = {"db_url": self.db.url, "timezone": "UTC", "poll_s": 0.02, "gap_wait_s": 0.2}
+        return options | ({"rpc_url": self.rpc_url} if self.rpc_url else {})
 
     def _insert(self, rows: list[tuple[Any, ...]]) -> None:
         conn = self.db.connect()
@@ -61,9 +63,15 @@ class AccFeed:
 
 class TestKamailioContract(SourceContract):  # type: ignore[misc]  # (Any to mypy, as for csv)
     plugin = KamailioPlugin()
+    rpc_url: str | None = None
 
     def feed(self, workdir: Path) -> AccFeed:
-        return AccFeed(workdir)
+        return AccFeed(workdir, self.rpc_url)
+
+    def test_contract_live_events(self, tmp_path: Path, kamailio_rig: Rig) -> None:
+        """Live events need Kamailio's RPC: the contract's live test against the real one."""
+        self.rpc_url = kamailio_rig.kamailio.rpc_url
+        super().test_contract_live_events(tmp_path)
 
     @pytest.fixture(autouse=True)
     def _drop_databases(self) -> Iterator[None]:

@@ -21,6 +21,7 @@ from cdrstats_agent.plugin import LiveEvent
 from cdrstats_agent.testing import live_event_problems
 from cdrstats_kamailio.plugin import KamailioLiveSource, KamailioPlugin
 from kamailio_testkit import (
+    Rig,
     UacProcess,
     UacRun,
     collect,
@@ -32,7 +33,6 @@ from kamailio_testkit import (
 )
 from psycopg.rows import dict_row
 
-from conftest import Rig
 from tests.fix_agent import stored_keys, wait_for
 from tests.fix_db import CollectorServer
 
