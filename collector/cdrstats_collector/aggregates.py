@@ -23,6 +23,7 @@ raw CDRs are still kept: a range emptied by retention would be rebuilt empty.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -30,6 +31,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import psycopg
+
+_json_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 MINUTE_US = 60_000_000
 QUARTER_US = 15 * MINUTE_US
@@ -153,13 +156,14 @@ _FINE_COLUMNS = (
 
 def _upsert_sql() -> str:
     parts = [
-        "g AS (SELECT * FROM unnest("
-        "%(h)s::int8[], %(d)s::int4[], %(direction)s::text[], %(disposition)s::text[],"
-        " %(cause)s::int4[], %(sip)s::int4[], %(trunk)s::text[], %(country)s::text[],"
-        " %(kind)s::text[], %(prefix)s::text[], %(calls)s::int4[], %(dur)s::int8[],"
-        " %(bill)s::int8[], %(ring)s::int8[], %(ringn)s::int4[])"
-        " AS u(h, d, direction, disposition, hangup_cause, sip_code, trunk, dest_country,"
-        " dest_kind, dest_prefix, calls, duration_sum, billsec_sum, ring_time_sum, ring_count))",
+        # one JSON document of [key..., counters...] lists: encoded by the json module in C,
+        # much cheaper than 15 parameter arrays dumped element by element
+        "g AS (SELECT (e->>0)::int8 AS h, (e->>1)::int4 AS d, e->>2 AS direction,"
+        " e->>3 AS disposition, (e->>4)::int4 AS hangup_cause, (e->>5)::int4 AS sip_code,"
+        " e->>6 AS trunk, e->>7 AS dest_country, e->>8 AS dest_kind, e->>9 AS dest_prefix,"
+        " (e->>10)::int4 AS calls, (e->>11)::int8 AS duration_sum,"
+        " (e->>12)::int8 AS billsec_sum, (e->>13)::int8 AS ring_time_sum,"
+        " (e->>14)::int4 AS ring_count FROM json_array_elements(%(groups)s::json) AS e)",
         "f AS (SELECT %(tenant)s::int8 AS tenant_id, %(switch)s::int8 AS switch_id,"
         " to_timestamp(h * 3600) AS hour, DATE '1970-01-01' + d AS day, direction, disposition,"
         " hangup_cause, sip_code, trunk, dest_country, dest_kind, dest_prefix, calls,"
@@ -170,7 +174,7 @@ def _upsert_sql() -> str:
     parts.append(
         "cm AS (INSERT INTO agg_conc_minute (tenant_id, switch_id, minute, calls)"
         " SELECT %(tenant)s::int8, s.sw, to_timestamp(u.m * 60), u.c"
-        " FROM unnest(%(cmin)s::int8[], %(ccnt)s::int4[]) AS u(m, c)"
+        " FROM unnest(%(cmin)s::text::int8[], %(ccnt)s::text::int4[]) AS u(m, c)"
         " CROSS JOIN (VALUES (0::int8), (%(switch)s::int8)) AS s(sw)"
         " ORDER BY s.sw, u.m"
         " ON CONFLICT (tenant_id, switch_id, minute)"
@@ -291,32 +295,15 @@ def group(facts: Iterable[Fact], days: LocalDays) -> Grouped:
 def upsert_params(
     grouped: Grouped, tenant_id: int, switch_id: int, timezone: str
 ) -> dict[str, Any]:
-    keys = list(grouped.groups)
-    values = list(grouped.groups.values())
-    cols: list[Any] = list(zip(*keys, strict=True)) if keys else [()] * 10
-    vals: list[Any] = list(zip(*values, strict=True)) if values else [()] * 5
     minutes = sorted(grouped.minutes)
+    counts = grouped.minutes
     return {
         "tenant": tenant_id,
         "switch": switch_id,
         "tz": timezone,
-        "h": list(cols[0]),
-        "d": list(cols[1]),
-        "direction": list(cols[2]),
-        "disposition": list(cols[3]),
-        "cause": list(cols[4]),
-        "sip": list(cols[5]),
-        "trunk": list(cols[6]),
-        "country": list(cols[7]),
-        "kind": list(cols[8]),
-        "prefix": list(cols[9]),
-        "calls": list(vals[0]),
-        "dur": list(vals[1]),
-        "bill": list(vals[2]),
-        "ring": list(vals[3]),
-        "ringn": list(vals[4]),
-        "cmin": minutes,
-        "ccnt": [grouped.minutes[m] for m in minutes],
+        "groups": _json_encode([[*k, *v] for k, v in grouped.groups.items()]),
+        "cmin": "{" + ",".join(map(str, minutes)) + "}",
+        "ccnt": "{" + ",".join([str(counts[m]) for m in minutes]) + "}",
     }
 
 
