@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import live, maintenance, metrics, replies
+from . import live, maintenance, metrics, replies, retention
 from .agents import AgentDirectory
 from .api import routes as read_api_routes
 from .enroll import enroll_endpoint, status_endpoint
@@ -57,8 +57,18 @@ async def _maintain(state: CollectorState) -> None:
                     months_ahead=settings.months_ahead,
                     batch_keep_days=settings.batch_keep_days,
                     cache=state.ingestor.partitions,
+                    keep=retention.Policy(
+                        settings.cdr_retention_days, settings.aggregate_retention_days
+                    ),
                 )
-            log.info("maintenance_done", batches_pruned=report.batches_pruned)
+            done = report.retention_done
+            log.info(
+                "maintenance_done",
+                batches_pruned=report.batches_pruned,
+                partitions_dropped=len(done.partitions_dropped),
+                cdr_rows_deleted=done.cdr_rows_deleted,
+                aggregate_rows_deleted=done.aggregate_rows_deleted,
+            )
             delay = settings.maintenance_interval_s
         except (psycopg.Error, PoolTimeout) as exc:
             text = str(exc).strip()
