@@ -252,14 +252,6 @@ def _gateway_of(channel: str) -> str | None:
     return None
 
 
-def _first(variables: Mapping[str, Any], *names: str) -> str:
-    for name in names:
-        text = _text(variables.get(name))
-        if text:
-            return text
-    return ""
-
-
 def _disposition(
     cause: int | None, billsec: int, answered: bool, sip_code: int | None, sip_disp: str
 ) -> Disposition:
@@ -277,10 +269,12 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
 
     Raises `Invalid` naming the variable that cannot be read.
     """
-    uuid = _text(variables.get("uuid"))
+    texts = {k: v.strip() if type(v) is str else _text(v) for k, v in variables.items()}
+    get = texts.get
+    uuid = get("uuid", "")
     if not uuid:
         raise Invalid("uuid: missing or empty (the natural key of a FreeSWITCH CDR)")
-    a_leg = a_leg_of(variables)
+    a_leg = a_leg_of(texts)
     if a_leg is not None and settings.legs == "a":
         return Skipped(a_leg)
     zone = settings.zone
@@ -288,8 +282,8 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
     start_c = _times(variables, "start", zone, hours)
     answer_c = _times(variables, "answer", zone, hours)
     end_c = _times(variables, "end", zone, hours)
-    duration = _seconds(variables, "duration")
-    billsec = _seconds(variables, "billsec")
+    duration = _seconds(texts, "duration")
+    billsec = _seconds(texts, "billsec")
     start, answer, end = resolve(start_c, answer_c, end_c, duration, billsec)
     if start is None:
         if end is not None and duration is not None:
@@ -317,32 +311,30 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
 
     extra: dict[str, Any] = {}
     cause: int | None = None
-    q850 = _text(variables.get("hangup_cause_q850"))
+    q850 = get("hangup_cause_q850", "")
     if q850.isdigit():
         cause = int(q850)
-    name = _text(variables.get("hangup_cause"))
+    name = get("hangup_cause", "")
     if cause is None and name:
         cause = q850_from_text(name)
-    sip_code = _sip_code(variables)
-    sip_disp = _text(variables.get("sip_hangup_disposition"))
+    sip_code = _sip_code(texts)
+    sip_disp = get("sip_hangup_disposition", "")
     disposition = _disposition(cause, billsec, answer is not None, sip_code, sip_disp)
 
-    trunk = _first(variables, "sip_gateway_name") or _gateway_of(
-        _first(variables, "bridge_channel")
-    )
-    direction = _DIRECTIONS.get(_text(variables.get("direction")).lower(), Direction.UNKNOWN)
+    trunk = get("sip_gateway_name") or _gateway_of(get("bridge_channel", ""))
+    direction = _DIRECTIONS.get(get("direction", "").lower(), Direction.UNKNOWN)
     if trunk is not None:
         direction = Direction.OUTBOUND
 
     for key, value in variables.items():
         if key in _USED or value is None:
             continue
-        extra[key] = value if type(value) in _PLAIN_TYPES else _text(value)
+        extra[key] = value if type(value) in _PLAIN_TYPES else texts[key]
     if a_leg is not None:
         extra.setdefault("call_uuid", a_leg)
 
-    caller = _first(variables, "caller_id_number", "ani", "sip_from_user")
-    callee = _first(variables, "destination_number", "sip_req_user")
+    caller = get("caller_id_number") or get("ani") or get("sip_from_user") or ""
+    callee = get("destination_number") or get("sip_req_user") or ""
     cc = settings.country_code
 
     def e164(number: str) -> str | None:
@@ -366,19 +358,19 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
         disposition=disposition,
         direction=direction,
         caller=caller,
-        caller_name=_first(variables, "caller_id_name"),
+        caller_name=get("caller_id_name", ""),
         callee=callee,
         caller_e164=e164(caller),
         callee_e164=e164(callee),
-        accountcode=_first(variables, "accountcode", "account_code"),
+        accountcode=get("accountcode") or get("account_code") or "",
         hangup_cause=cause,
         sip_code=sip_code,
         ring_time=ring_time,
-        src_ip=_ip(variables),
-        read_codec=_first(variables, "read_codec") or None,
-        write_codec=_first(variables, "write_codec") or None,
+        src_ip=_ip(texts),
+        read_codec=get("read_codec") or None,
+        write_codec=get("write_codec") or None,
         trunk=trunk,
-        user_agent=_first(variables, "sip_user_agent") or None,
+        user_agent=get("sip_user_agent") or None,
         call_group=a_leg or uuid,
         extra=extra,
     )
