@@ -232,20 +232,41 @@ DIALECTS: dict[str, type[Dialect]] = {
 }
 
 
+def _unset_or(value: str) -> str:
+    return "" if value[:10] == "0000-00-00" else value
+
+
+def _bytes(value: Any) -> str:
+    return bytes(value).decode("utf-8", "replace")
+
+
+def _decimal(value: Decimal) -> str:
+    return str(value.normalize()) if value == value.to_integral() else str(value)
+
+
+_TEXT: dict[type, Callable[[Any], str]] = {
+    str: _unset_or,
+    int: str,
+    datetime: lambda v: v.isoformat(" "),
+    date: lambda v: v.isoformat(),
+    type(None): lambda v: "",
+    bytes: _bytes,
+    bytearray: _bytes,
+    memoryview: _bytes,
+    Decimal: _decimal,
+    float: str,
+}
+
+
 def text_value(value: Any) -> str:
     """A column value as cdr_csv would write it (dates `YYYY-MM-DD HH:MM:SS`, unset empty)."""
-    if value is None:
-        return ""
+    convert = _TEXT.get(type(value))
+    if convert is not None:
+        return convert(value)
     if isinstance(value, str):
-        return "" if value.startswith("0000-00-00") else value
+        return _unset_or(value)
     if isinstance(value, datetime):
-        return value.isoformat(sep=" ")
-    if isinstance(value, date):
-        return value.isoformat()
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return bytes(value).decode("utf-8", "replace")
-    if isinstance(value, Decimal):
-        return str(value.normalize()) if value == value.to_integral() else str(value)
+        return value.isoformat(" ")
     return str(value)
 
 
@@ -456,8 +477,9 @@ class TableSource:
     ) -> tuple[list[CDR], list[Rejected]]:
         cdrs: list[CDR] = []
         rejected: list[Rejected] = []
+        text = _TEXT
         for row in rows:
-            values = [text_value(v) for v in row]
+            values = [text[type(v)](v) if type(v) in text else text_value(v) for v in row]
             raw = "\x1f".join(values).encode()
             problem = ""
             try:
