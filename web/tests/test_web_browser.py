@@ -18,7 +18,9 @@ from web_testkit import (
     Seeded,
     cdr,
     chromium_or_skip,
+    fresh_tenant,
     seed,
+    shared_server,
 )
 
 from tests.fix_db import CollectorServer
@@ -43,9 +45,14 @@ def browser() -> Iterator[Any]:
             b.close()
 
 
-@pytest.fixture
-def console(collector_server: CollectorServer) -> tuple[CollectorServer, Seeded]:
-    return collector_server, seed(collector_server.database_url)
+@pytest.fixture(scope="module")
+def console(
+    pg_admin_url: str, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[CollectorServer, Seeded]]:
+    """One collector for the module; tests that count things use a `fresh_tenant`."""
+    workdir = tmp_path_factory.mktemp("web-browser")
+    with shared_server(pg_admin_url, migrated_template, workdir) as server:
+        yield server, seed(server.database_url)
 
 
 def _page(browser: Any, base: str, viewport: dict[str, int] = DESKTOP) -> Any:
@@ -70,13 +77,14 @@ def _shot(page: Any, name: str) -> None:
 def test_dashboard_updates_live_without_reload(
     browser: Any, console: tuple[CollectorServer, Seeded]
 ) -> None:
-    server, seeded = console
-    acme = seeded.tenant_ids["acme"]
-    feed = Ingest(server, server.enroll("acme", "pbx-paris"))
+    server, _seeded = console
+    mine = fresh_tenant(server.database_url)
+    acme = mine.id
+    feed = Ingest(server, server.enroll(mine.name, "pbx-paris"))
     feed.send([cdr(i, answered=i % 3 != 0) for i in range(6)])
     page = _page(browser, server.url)
     try:
-        _login(page, "victor")
+        _login(page, mine.viewer)
         assert page.url.endswith(f"/t/{acme}/")
         page.wait_for_function("document.getElementById('kpi-calls').textContent === '6'")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
@@ -113,14 +121,15 @@ def test_dashboard_updates_live_without_reload(
 def test_live_page_shows_a_call_appear_and_end(
     browser: Any, console: tuple[CollectorServer, Seeded]
 ) -> None:
-    server, seeded = console
-    acme = seeded.tenant_ids["acme"]
-    agent = server.enroll("acme", "pbx-paris")
+    server, _seeded = console
+    mine = fresh_tenant(server.database_url)
+    acme = mine.id
+    agent = server.enroll(mine.name, "pbx-paris")
     live = LiveFeed(server, agent)
     live.started("call-a", "1001", "+33142278000")
     page = _page(browser, server.url)
     try:
-        _login(page, "victor")
+        _login(page, mine.viewer)
         page.goto(f"/t/{acme}/live")
         page.wait_for_function("document.getElementById('live-total').textContent === '1'")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
@@ -140,13 +149,14 @@ def test_live_page_shows_a_call_appear_and_end(
 def test_cdr_search_with_filters_detail_and_export(
     browser: Any, console: tuple[CollectorServer, Seeded], tmp_path: Any
 ) -> None:
-    server, seeded = console
-    acme = seeded.tenant_ids["acme"]
-    feed = Ingest(server, server.enroll("acme", "pbx-paris"))
+    server, _seeded = console
+    mine = fresh_tenant(server.database_url)
+    acme = mine.id
+    feed = Ingest(server, server.enroll(mine.name, "pbx-paris"))
     feed.send([cdr(i, answered=i % 2 == 0) for i in range(6)])
     page = _page(browser, server.url)
     try:
-        _login(page, "victor")
+        _login(page, mine.viewer)
         page.goto(f"/t/{acme}/cdrs")
         page.wait_for_function("document.querySelectorAll('#cdr-table tbody tr').length === 6")
         page.get_by_label("Disposition").select_option("NO_ANSWER")
@@ -263,9 +273,10 @@ def test_forms_without_the_csrf_token_are_refused(
 def test_phone_viewport_has_no_horizontal_scroll(
     browser: Any, console: tuple[CollectorServer, Seeded]
 ) -> None:
-    server, seeded = console
-    acme = seeded.tenant_ids["acme"]
-    Ingest(server, server.enroll("acme", "sbc-newyork-with-a-long-name")).send(
+    server, _seeded = console
+    mine = fresh_tenant(server.database_url)
+    acme = mine.id
+    Ingest(server, server.enroll(mine.name, "sbc-newyork-with-a-long-name")).send(
         [cdr(i) for i in range(5)]
     )
     page = _page(browser, server.url, PHONE)

@@ -3,15 +3,40 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import httpx
+import psycopg
 import pytest
-from web_testkit import PASSWORD, Ingest, Seeded, SSEReader, cdr, csrf_of, login, seed
+from cdrstats_collector import users
+from web_testkit import (
+    PASSWORD,
+    Ingest,
+    Seeded,
+    SSEReader,
+    cdr,
+    csrf_of,
+    fresh_tenant,
+    login,
+    seed,
+    shared_server,
+)
 
 from tests.fix_db import CollectorServer
 
+# One collector process for the module (starting one costs seconds); tests that count things
+# use a tenant of their own (`fresh_tenant`) or look only at what they added.
 
-@pytest.fixture
+
+@pytest.fixture(scope="module")
+def collector_server(
+    pg_admin_url: str, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CollectorServer]:
+    with shared_server(pg_admin_url, migrated_template, tmp_path_factory.mktemp("web")) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
 def seeded(collector_server: CollectorServer) -> Seeded:
     return seed(collector_server.database_url)
 
@@ -19,6 +44,12 @@ def seeded(collector_server: CollectorServer) -> Seeded:
 @pytest.fixture
 def base(collector_server: CollectorServer, seeded: Seeded) -> str:
     return collector_server.url
+
+
+def _audit_mark(database_url: str) -> int:
+    with psycopg.connect(database_url) as conn:
+        row = conn.execute("SELECT coalesce(max(id), 0) FROM audit_log").fetchone()
+    return int(row[0]) if row else 0
 
 
 def test_pages_need_a_login(base: str, seeded: Seeded) -> None:
@@ -68,20 +99,22 @@ def test_wrong_password_and_unknown_user_get_the_same_answer(base: str) -> None:
             assert "cdrstats_session" not in r.cookies or "user_id" not in r.text
 
 
-def test_login_is_rate_limited_per_user(base: str) -> None:
+def test_login_is_rate_limited_per_user(base: str, collector_server: CollectorServer) -> None:
+    with psycopg.connect(collector_server.database_url, autocommit=True) as conn:
+        users.add_user(conn, "rita", "tenant_viewer", PASSWORD, "acme")
     with httpx.Client(base_url=base, timeout=10) as c:
         token = csrf_of(c.get("/login").text)
         codes = []
         for _ in range(6):
             r = c.post(
                 "/login",
-                data={"username": "alice", "password": "nope-nope-nope", "csrf_token": token},
+                data={"username": "rita", "password": "nope-nope-nope", "csrf_token": token},
             )
             codes.append(r.status_code)
         assert codes == [401] * 5 + [429]
         assert int(r.headers["retry-after"]) > 0
         # Even the right password is refused while blocked: no oracle for a guesser.
-        r = c.post("/login", data={"username": "alice", "password": PASSWORD, "csrf_token": token})
+        r = c.post("/login", data={"username": "rita", "password": PASSWORD, "csrf_token": token})
         assert r.status_code == 429
         # Another user from the same address is not blocked yet.
         r = c.post("/login", data={"username": "victor", "password": PASSWORD, "csrf_token": token})
@@ -186,8 +219,6 @@ def test_viewer_cannot_create_tokens_admin_can(
         f"/t/{acme}/switches/revoke", data={"agent_id": agent_id, "csrf_token": csrf_of(page.text)}
     )
     assert r.status_code == 200 and "revoked" in r.text
-    import psycopg
-
     with psycopg.connect(collector_server.database_url) as conn:
         row = conn.execute("SELECT revoked_at FROM agent WHERE id = %s", (agent_id,)).fetchone()
     assert row is not None and row[0] is not None
@@ -212,12 +243,13 @@ def test_revoke_refuses_another_tenants_agent(
 def test_the_session_authenticates_the_json_api_for_its_tenant_only(
     base: str, seeded: Seeded, collector_server: CollectorServer
 ) -> None:
-    acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
-    Ingest(collector_server, collector_server.enroll("acme", "sw1")).send(
+    mine = fresh_tenant(collector_server.database_url)
+    globex = seeded.tenant_ids["globex"]
+    Ingest(collector_server, collector_server.enroll(mine.name, "sw1")).send(
         [cdr(i, answered=i % 4 != 0) for i in range(8)]
     )
-    c = login(base, "victor")  # viewer of acme: the API accepts the console's cookie
-    d = c.get("/api/v1/reports/dashboard", params={"tenant": acme})
+    c = login(base, mine.viewer)  # the API accepts the console's cookie
+    d = c.get("/api/v1/reports/dashboard", params={"tenant": mine.id})
     assert d.status_code == 200, d.text
     assert d.json()["current"]["calls"] == 8 and d.json()["current"]["answered"] == 6
     for path in (
@@ -228,8 +260,8 @@ def test_the_session_authenticates_the_json_api_for_its_tenant_only(
     ):
         r = c.get(path, params={"tenant": globex})
         assert r.status_code == 404, (path, r.status_code)
-    c.post("/logout", data={"csrf_token": csrf_of(c.get(f"/t/{acme}/").text)})
-    assert c.get("/api/v1/reports/dashboard", params={"tenant": acme}).status_code == 401
+    c.post("/logout", data={"csrf_token": csrf_of(c.get(f"/t/{mine.id}/").text)})
+    assert c.get("/api/v1/reports/dashboard", params={"tenant": mine.id}).status_code == 401
 
 
 def test_sse_delivers_own_tenant_batches_and_resumes(
@@ -261,19 +293,20 @@ def test_sse_delivers_own_tenant_batches_and_resumes(
         assert stream.next_event()[1] == "resync"
 
 
-def _audit(database_url: str) -> list[tuple[object, ...]]:
-    import psycopg
-
+def _audit(database_url: str, after: int) -> list[tuple[object, ...]]:
+    """Audit entries written after the entry `after` (see `_audit_mark`)."""
     with psycopg.connect(database_url) as conn:
         return conn.execute(
             "SELECT t.name, a.username, a.action, a.target FROM audit_log a"
-            " LEFT JOIN tenant t ON t.id = a.tenant_id ORDER BY a.id"
+            " LEFT JOIN tenant t ON t.id = a.tenant_id WHERE a.id > %s ORDER BY a.id",
+            (after,),
         ).fetchall()
 
 
 def test_admin_actions_are_audited_and_scoped(
     base: str, seeded: Seeded, collector_server: CollectorServer
 ) -> None:
+    mark = _audit_mark(collector_server.database_url)
     root = login(base, "root")
     token = csrf_of(root.get("/admin").text)
     r = root.post(
@@ -332,7 +365,7 @@ def test_admin_actions_are_audited_and_scoped(
     assert r.status_code == 201
     acme = seeded.tenant_ids["acme"]
     alice.post(f"/t/{acme}/switches/token", data={"switch": "pbx-9", "csrf_token": t2})
-    assert _audit(collector_server.database_url) == [
+    assert _audit(collector_server.database_url, mark) == [
         ("initech", "root", "tenant.create", "initech"),
         ("initech", "root", "user.create", "ivan"),
         ("acme", "alice", "user.create", "vera"),
@@ -350,6 +383,7 @@ def test_api_tokens_are_made_used_and_revoked_by_their_owner(
     base: str, seeded: Seeded, collector_server: CollectorServer
 ) -> None:
     acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
+    mark = _audit_mark(collector_server.database_url)
     victor = login(base, "victor")
     page = victor.get("/account")
     assert page.status_code == 200 and "No API token yet." in page.text
@@ -384,5 +418,5 @@ def test_api_tokens_are_made_used_and_revoked_by_their_owner(
     # The collector caches lookups for a few seconds (auth.CACHE_TTL_S); the revoking process
     # forgot its cache, and this collector is that process.
     assert httpx.get(api, params={"tenant": acme}, headers=bearer, timeout=10).status_code == 401
-    actions = [row[2] for row in _audit(collector_server.database_url)]
+    actions = [row[2] for row in _audit(collector_server.database_url, mark)]
     assert actions == ["api_token.create", "api_token.revoke"]

@@ -11,7 +11,9 @@ import contextlib
 import json
 import os
 import re
+import secrets
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,7 +27,13 @@ from cdrstats_agent.model import CDR, Direction, Disposition
 from cdrstats_agent.plugin import LiveEvent
 from cdrstats_collector import tenants, users
 
-from tests.fix_db import CollectorServer, EnrolledAgent
+from tests.fix_db import (
+    CollectorServer,
+    EnrolledAgent,
+    create_database,
+    drop_database,
+    with_dbname,
+)
 
 PASSWORD = "correct-horse-battery"
 ROOT = Path(__file__).resolve().parents[2]
@@ -54,6 +62,38 @@ def seed(database_url: str) -> Seeded:
         for name, (role, tenant) in USERS.items():
             users.add_user(conn, name, role, PASSWORD, tenant)
     return Seeded(ids)
+
+
+@dataclass(frozen=True)
+class Fresh:
+    """A tenant of its own for one test, with an admin and a viewer (password PASSWORD)."""
+
+    id: int
+    name: str
+    admin: str
+    viewer: str
+
+
+def fresh_tenant(database_url: str, timezone: str = "Europe/Paris") -> Fresh:
+    name = "t-" + secrets.token_hex(3)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tid = tenants.add_tenant(conn, name, timezone)
+        users.add_user(conn, f"{name}-admin", "tenant_admin", PASSWORD, name)
+        users.add_user(conn, f"{name}-viewer", "tenant_viewer", PASSWORD, name)
+    return Fresh(tid, name, f"{name}-admin", f"{name}-viewer")
+
+
+@contextlib.contextmanager
+def shared_server(pg_admin_url: str, template: str, workdir: Path) -> Iterator[CollectorServer]:
+    """A collector process on a database of its own, for every test of a module."""
+    name = create_database(pg_admin_url, template)
+    server = CollectorServer(with_dbname(pg_admin_url, name), workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        drop_database(pg_admin_url, name)
 
 
 _CSRF = re.compile(r'<meta name="csrf-token" content="([^"]+)">')
