@@ -230,3 +230,35 @@ async def test_check_and_options() -> None:
         make_source({"store": "http", "credentials": "nocolon"})
     with pytest.raises(ConfigError, match="url_path"):
         make_source({"store": "http", "url_path": "cdr"})
+
+
+@pytest.mark.parametrize("encoding", ["form", "base64"])
+async def test_plus_signs_survive_each_encoding(encoding: str) -> None:
+    """FreeSWITCH's url-encoding escapes '+' (%2B); base64 bodies are sent unescaped and hold
+    '+' and '/' of their own alphabet."""
+    doc = json.dumps(
+        {
+            "variables": {
+                "uuid": "22222222-2222-2222-2222-222222222222",
+                "caller_id_number": "+33612345678",
+                "caller_id_name": "~~~>>>???~~~>>>",
+                "start_epoch": "1700000000",
+                "end_epoch": "1700000010",
+            }
+        }
+    ).encode()
+    if encoding == "form":
+        body, ctype = b"cdr=" + quote(doc.decode(), safe="").encode(), ENCODINGS["form"][1]
+        assert b"%2B33612345678" in body
+    else:
+        body, ctype = b"cdr=" + base64.b64encode(doc), ENCODINGS["base64"][1]
+        assert b"+" in body[4:] and b"/" in body[4:]
+    server = await Listening(decode_values=False).start()
+    try:
+        reply = asyncio.ensure_future(post(server.url, body, ctype))
+        (cdr,) = (await server.result()).cdrs
+        server.commit()
+        assert (await reply).status_code == 200
+        assert cdr.caller == "+33612345678" and cdr.caller_name == "~~~>>>???~~~>>>"
+    finally:
+        await server.close()
