@@ -235,7 +235,8 @@ async def search(
         " ORDER BY c.start_time DESC, c.key DESC, c.switch_id DESC LIMIT %(limit)s"
     )
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(query, p)
+        # never prepared: the best plan depends on the values (a rare number, a long range)
+        await cur.execute(query, p, prepare=False)
         rows = await cur.fetchall()
     names = await switch_names(conn, tenant)
     more = len(rows) > limit
