@@ -34,6 +34,20 @@ MAPPING_KEYS = (
     "disposition_map",
 )
 """Options handed to the csv plugin's mapping (same meaning as there)."""
+OPTIONS: dict[str, tuple[str, ...]] = {
+    "common": (
+        "store", *MAPPING_KEYS, "src_ip_field", "interval", "chunk_cdrs", "start_at", "ami",
+    ),
+    "csv": ("path", "columns", "encoding", "pattern", "exclude"),
+    "mysql": ("host", "port", "user", "password", "database", "unix_socket", "table",
+              "id_column", "lookback", "connect_timeout"),
+    "pgsql": ("conninfo", "table", "id_column", "lookback", "connect_timeout"),
+    "sqlite": ("path", "table", "id_column", "lookback", "connect_timeout"),
+    "ami": ("host", "port", "username", "secret", "snapshot_interval", "ping_interval",
+            "reply_timeout", "connect_timeout", "backoff_min", "backoff_max"),
+}  # fmt: skip
+"""Every option, by store (`mysql` also stands for `mysql-legacy`); kept in step with the
+README by a test."""
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 
 _COMMON = """\
