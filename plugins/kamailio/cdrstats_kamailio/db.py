@@ -120,6 +120,11 @@ class Database:
         names, _ = self._query(f"SELECT * FROM {self.quote(table)} WHERE 1 = 0", ())
         return names
 
+    def max_id(self, table: str) -> int:
+        """The highest id in `table` (0 when empty)."""
+        _, rows = self._query(f"SELECT MAX(id) FROM {self.quote(table)}", ())
+        return int(rows[0][0] or 0) if rows else 0
+
     def rows_after(self, table: str, after_id: int, limit: int) -> list[dict[str, Any]]:
         """Up to `limit` rows with id > after_id, in id order, as dicts.
 

@@ -103,6 +103,16 @@ class KamailioSource:
                 del fields[f]
         return fields
 
+    def _check_positions(self, db: Database, positions: Mapping[str, int]) -> None:
+        """A checkpoint beyond a table's last id means the table was emptied and restarted."""
+        for table, last in positions.items():
+            if last and db.max_id(table) < last:
+                raise SourceError(
+                    f"table {table} ends before the checkpoint (id {last}): it was truncated or"
+                    " recreated; remove this source's checkpoint to read it from the start"
+                    " (cdrstats-agent status shows it)"
+                )
+
     async def check(self) -> None:
         db = Database(self.options.db_url)
         try:
@@ -133,6 +143,10 @@ class KamailioSource:
         pending: asyncio.Task[Fetched] | None = None
         try:
             fields = await asyncio.to_thread(self._prepare, db)
+            positions = {o.acc_table: state.acc_id}
+            if o.failed_from == "missed_calls":
+                positions[o.missed_table] = state.missed_id
+            await asyncio.to_thread(self._check_positions, db, positions)
             pairer = AccPairer(
                 PairSettings(
                     fields=fields,
@@ -211,6 +225,7 @@ class KamailioSource:
         guard = GapGuard(o.gap_wait_s)
         try:
             fields = await asyncio.to_thread(self._prepare, db)
+            await asyncio.to_thread(self._check_positions, db, {o.cdrs_table: last_id})
             while True:
                 rows = await asyncio.to_thread(db.rows_after, o.cdrs_table, last_id, o.batch_rows)
                 taken = guard.accept(last_id, rows)

@@ -368,3 +368,46 @@ async def test_acc_cdrs_and_failed_transactions_from_a_real_kamailio(kamailio_ri
             assert cdr.caller == "1001" and cdr.src_ip == "127.0.0.1"
             assert cdr.key == f"{cdr.call_group};{cdr.key.split(';')[1]}"
         await source.close()
+
+
+def test_live_calls_reach_the_collector_through_the_agent_and_leave_it(
+    kamailio_rig: Rig, collector_server: CollectorServer, tmp_path: Path
+) -> None:
+    rig, k = kamailio_rig, kamailio_rig.kamailio
+    u = unique()
+    callee = f"answer{u}"
+    toml = kamailio_source_toml(rig.db.url, rpc_url=k.rpc_url, live_interval_s=0.1)
+    agent = make_agent(tmp_path / "agent", collector_server.url, toml)
+    agent.enroll(collector_server.url, collector_server.create_token("acme", "kam-live"))
+    agent.start()
+
+    def live_rows() -> list[dict[str, Any]]:
+        with psycopg.connect(collector_server.database_url, autocommit=True) as conn:
+            cur = conn.cursor(row_factory=dict_row)
+            return cur.execute(
+                "SELECT call_id, state, caller, callee, host(src_ip) AS src_ip, answered_at"
+                " FROM live_call WHERE agent_id = %s AND callee = %s",
+                (agent.agent_id, callee),
+            ).fetchall()
+
+    try:
+        proc = run_uac(rig.workdir, k, "hangup", callee, calls=3, rate=10, hold_ms=4000, wait=False)
+        wait_for(
+            lambda: len(rows := live_rows()) == 3 and all(r["state"] == "answered" for r in rows),
+            timeout=30,
+            what="3 answered live calls in the collector",
+            diagnostics=lambda: f"{live_rows()}\n{agent.log_tail()}",
+        )
+        rows = live_rows()
+        assert all(r["caller"] == "1001" and r["src_ip"] == "127.0.0.1" for r in rows)
+        wait_uac(proc)
+        wait_for(lambda: live_rows() == [], timeout=30, what="the live calls to leave")
+        keys = {r["call_id"] for r in rows}
+        wait_for(
+            lambda: keys <= set(stored_keys(collector_server.database_url, agent.agent_id)),
+            timeout=30,
+            what="their CDRs, under the same ids",
+            diagnostics=agent.log_tail,
+        )
+    finally:
+        agent.stop()

@@ -261,3 +261,12 @@ def test_no_rpc_url_means_no_live_and_no_native_actions() -> None:
     assert set(native_actions(with_rpc)) == {"block_ip", "unblock_ip"}
     no_ban = source("mysql://k@127.0.0.1/k", rpc_url="http://h/RPC", ban_table="")
     assert supports_live(no_ban) and native_actions(no_ban) == {}
+
+
+async def test_a_table_emptied_behind_the_checkpoint_is_reported(scratch_db: KamailioDB) -> None:
+    call(scratch_db, 1, 0, 5)
+    _, _, checkpoint = await collect(source(scratch_db.url), lambda c: len(c) == 1)
+    scratch_db.execute("TRUNCATE TABLE acc")
+    acc_row(scratch_db, "acc", "INVITE", "c2@h", "f2", "t2", "200", 10)  # ids start again at 1
+    with pytest.raises(SourceError, match="table acc ends before the checkpoint"):
+        await collect(source(scratch_db.url), lambda c: False, limit_s=5, checkpoint=checkpoint)
