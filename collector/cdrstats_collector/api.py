@@ -11,7 +11,8 @@ A request goes: authenticate (401) -> parse the query (422) -> choose the tenant
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
@@ -26,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from . import export, replies, reports, search
-from .auth import ParamError, Principal, require, tenant_connection, tenant_scope
+from .auth import READER_ROLE, ParamError, Principal, require, tenant_scope
 from .params import TENANT, Param, parse, period
 from .state import CollectorState, get_state
 
@@ -78,6 +79,16 @@ async def _tenant(conn: Conn, tenant_id: int) -> tuple[str, ZoneInfo]:
         return str(row[0]), ZoneInfo("UTC")
 
 
+@asynccontextmanager
+async def _scoped(state: CollectorState, tenant_id: int) -> AsyncIterator[Conn]:
+    """`auth.tenant_connection`, in pipeline mode: BEGIN, the role, the tenant setting and
+    the tenant's row go to the server in one round trip."""
+    async with state.pool.connection() as conn, conn.pipeline(), conn.transaction():
+        await conn.execute(f"SET LOCAL ROLE {READER_ROLE}")
+        await conn.execute("SELECT set_config('cdrstats.tenant_id', %s, true)", (str(tenant_id),))
+        yield conn
+
+
 def _error(exc: HTTPException) -> Response:
     extra: dict[str, Any] = {}
     if isinstance(exc, ParamError):
@@ -96,7 +107,7 @@ def _view(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             if len(asked) > 1:
                 raise ParamError("tenant", "given more than once")
             tenant_id = tenant_scope(who, asked[0] if asked else None)
-            async with tenant_connection(state.pool, tenant_id) as conn:
+            async with _scoped(state, tenant_id) as conn:
                 name, tz = await _tenant(conn, tenant_id)
                 ctx = Ctx(request, who, tenant_id, name, tz, args, state)
                 result = await ep.handler(ctx, conn)
