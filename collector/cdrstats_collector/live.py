@@ -379,60 +379,67 @@ async def live_counts(conn: psycopg.AsyncConnection[Any], tenant_id: int) -> dic
 async def live_endpoint(request: Request) -> Response:
     """`POST /api/v1/live`."""
     state = get_state(request)
+    result, response = await _live(request, state)
+    state.metrics.live_messages.labels(result).inc()
+    return response
+
+
+async def _live(request: Request, state: CollectorState) -> tuple[str, Response]:
     limit = state.settings.max_body_bytes
     try:
         data = await read_bounded(request, limit)
     except _TooLarge:
-        return replies.error(413, f"live message larger than {limit} bytes")
+        return "too_large", replies.error(413, f"live message larger than {limit} bytes")
     try:
         envelope = wire.unseal(data, "live")
     except wire.WireError as exc:
-        return _invalid(str(exc), None)
+        return "invalid", _invalid(str(exc), None)
     agent_id = parse_agent_id(envelope.signer)
     if agent_id is None:
-        return _unauthorized("unknown agent", envelope.signer)
+        return "unauthorized", _unauthorized("unknown agent", envelope.signer)
     try:
         agent = await _agent(state, agent_id)
     except (psycopg.OperationalError, PoolTimeout):
-        return _unavailable()
+        return "unavailable", _unavailable()
     if isinstance(agent, str):
-        return _unauthorized(agent, envelope.signer)
+        return "unauthorized", _unauthorized(agent, envelope.signer)
     try:
         agent.key.verify(envelope.payload, envelope.sig)
     except BadSignatureError:
-        return _unauthorized("bad signature", envelope.signer)
+        return "unauthorized", _unauthorized("bad signature", envelope.signer)
     try:
         payload = wire.live_payload(envelope)
         sent_at = payload.get("sent_at")
         if type(sent_at) is int:
             skew_s = (sent_at - wire.now_us()) / 1e6
             if abs(skew_s) > state.settings.clock_window_s:
-                return _unauthorized(
+                return "unauthorized", _unauthorized(
                     f"sent_at is {skew_s:+.0f} s from the collector's clock (window"
                     f" {state.settings.clock_window_s} s): check the agent's clock",
                     envelope.signer,
                 )
         message = wire.check_live_payload(payload, envelope.signer)
     except wire.WireError as exc:
-        return _invalid(str(exc), envelope.signer)
+        return "invalid", _invalid(str(exc), envelope.signer)
     except RecursionError:
-        return _invalid("live message is nested too deeply", envelope.signer)
+        return "invalid", _invalid("live message is nested too deeply", envelope.signer)
     try:
         async with state.pool.connection() as conn:
             outcome = await apply_message(conn, agent, message, stale_s=state.settings.live_stale_s)
     except (psycopg.OperationalError, PoolTimeout):
-        return _unavailable()
+        return "unavailable", _unavailable()
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
         # The payload checks should make this impossible; never a 500 for client input.
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         log.error("live_not_stored", agent=envelope.signer, reason=text)
-        return _invalid(f"live message cannot be stored: {text}", envelope.signer)
+        return "invalid", _invalid(f"live message cannot be stored: {text}", envelope.signer)
     if isinstance(outcome, Stale):
         log.warning("live_stale", agent=envelope.signer, seq=message.seq, reason=outcome.reason)
-        return replies.error(409, outcome.reason)
+        return "stale", replies.error(409, outcome.reason)
     if isinstance(outcome, Refused):
         state.agents.forget(agent_id)
-        return _unauthorized(outcome.reason, envelope.signer)
+        return "unauthorized", _unauthorized(outcome.reason, envelope.signer)
+    state.metrics.live_events.inc(message.event_count)
     log.debug(
         "live_applied",
         agent=envelope.signer,
@@ -440,7 +447,8 @@ async def live_endpoint(request: Request) -> Response:
         events=message.event_count,
         calls=outcome.count,
     )
-    return JSONResponse({"seq": message.seq, "events": message.event_count, "calls": outcome.count})
+    body = {"seq": message.seq, "events": message.event_count, "calls": outcome.count}
+    return "applied", JSONResponse(body)
 
 
 async def _agent(state: CollectorState, agent_id: UUID) -> KnownAgent | str:

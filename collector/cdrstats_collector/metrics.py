@@ -18,6 +18,8 @@ BATCH_RESULTS = (
     "client_gone",
 )
 
+LIVE_RESULTS = ("applied", "stale", "invalid", "unauthorized", "too_large", "unavailable")
+
 
 class Metrics:
     def __init__(self) -> None:
@@ -52,6 +54,19 @@ class Metrics:
             ["agent"],
             registry=self.registry,
         )
+        self.live_messages = Counter(
+            "cdrstats_live_messages",
+            "Live-call messages (POST /api/v1/live) by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.live_events = Counter(
+            "cdrstats_live_events",
+            "Live-call events in applied messages (a snapshot counts as one)",
+            registry=self.registry,
+        )
+        for result in LIVE_RESULTS:
+            self.live_messages.labels(result)
         for result in BATCH_RESULTS:
             self.batches.labels(result)
         for result in ("accepted", "duplicate"):

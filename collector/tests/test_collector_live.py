@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -263,6 +264,22 @@ def test_bad_requests_are_refused_and_change_nothing(
     r = post(url, msgpack.packb(envelope, use_bin_type=True))
     assert r.status_code == 422 and live_state(db) == before
     assert post(url, good).status_code == 200  # the agent's stream goes on
+    metrics = httpx.get(url + "/metrics", timeout=10).text
+    counted = {
+        result: float(value)
+        for result, value in re.findall(
+            r'^cdrstats_live_messages_total\{result="(\w+)"\} (\S+)$', metrics, re.M
+        )
+    }
+    assert counted == {
+        "applied": 2,
+        "invalid": 8,
+        "unauthorized": 3,
+        "stale": 0,
+        "too_large": 0,
+        "unavailable": 0,
+    }
+    assert re.search(r"^cdrstats_live_events_total 2\.0$", metrics, re.M)
 
 
 def test_oversized_message_is_413(database_url: str, tmp_path: Path) -> None:
