@@ -16,10 +16,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 from cdrstats_collector import auth
 from cdrstats_collector.realtime import Broker
 from cdrstats_collector.settings import Settings
 from cdrstats_collector.state import get_state
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -149,6 +151,15 @@ def page(
     async def wrapped(console: Console, request: Request) -> Response:
         try:
             return await handler(console, request)
+        except (psycopg.OperationalError, PoolTimeout):
+            response = console.render(
+                request,
+                "error.html",
+                {"status": 503, "detail": "The database is unreachable; try again shortly."},
+                status_code=503,
+            )
+            response.headers["Retry-After"] = "5"
+            return response
         except HTTPException as exc:
             if exc.status_code == 401:
                 return login_redirect(request)

@@ -23,6 +23,8 @@ from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
+from .sessions import NO_SESSION
+
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "x-csrf-token"
 _SESSION_KEY = "csrf"
@@ -53,8 +55,24 @@ def _valid(request: Request, sent: object) -> bool:
     )
 
 
+MAX_FORM_BYTES = 64 * 1024
+"""Console forms are small; a bigger body is refused before it is read (413)."""
+
+
 async def checked_form(request: Request) -> FormData:
-    """The request's form, or 403 when the CSRF token is missing or wrong."""
+    """The request's form, or 403 when the CSRF token is missing or wrong.
+
+    413 for a body over `MAX_FORM_BYTES`, 411 when its length is not announced.
+    """
+    if request.scope.get(NO_SESSION):
+        raise HTTPException(
+            503, "sessions are unavailable while the database is unreachable: try again shortly"
+        )
+    length = request.headers.get("content-length")
+    if length is None or not length.isdigit():
+        raise HTTPException(411, "a form must be sent with its Content-Length")
+    if int(length) > MAX_FORM_BYTES:
+        raise HTTPException(413, f"a form may have at most {MAX_FORM_BYTES} bytes")
     form = await request.form(max_files=0, max_fields=200)
     sent = form.get(CSRF_FIELD) or request.headers.get(CSRF_HEADER)
     if not _valid(request, sent):

@@ -57,6 +57,8 @@ def derive_secret(private_key: bytes) -> str:
     return hmac.new(private_key, _DERIVE_LABEL, hashlib.sha256).hexdigest()
 
 
+NO_SESSION = "cdrstats.no_session"
+"""Scope key set when the secret is unknown yet: the session is empty and will not be saved."""
 _NO_WAIT_PREFIXES = ("/api/", "/healthz", "/metrics")
 """Paths that never wait for the secret (agents' API, probes): an empty session meanwhile."""
 RETRY_S = 1.0
@@ -104,6 +106,7 @@ class ConsoleSessions:
         inner = self._inner
         if inner is None:
             scope["session"] = {}
+            scope[NO_SESSION] = True
             await self.app(scope, receive, send)
             return
         await inner(scope, receive, send)

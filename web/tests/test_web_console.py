@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import psycopg
@@ -420,3 +421,32 @@ def test_api_tokens_are_made_used_and_revoked_by_their_owner(
     assert httpx.get(api, params={"tenant": acme}, headers=bearer, timeout=10).status_code == 401
     actions = [row[2] for row in _audit(collector_server.database_url, mark)]
     assert actions == ["api_token.create", "api_token.revoke"]
+
+
+def test_oversized_forms_are_refused_before_reading(base: str) -> None:
+    with httpx.Client(base_url=base, timeout=10) as c:
+        token = csrf_of(c.get("/login").text)
+        r = c.post("/login", data={"username": "x" * 70_000, "password": "y", "csrf_token": token})
+        assert r.status_code == 413
+
+
+def test_database_unreachable_pages_say_so(tmp_path: Path) -> None:
+    from tests.fix_db import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    server = CollectorServer(dead, tmp_path, pool_timeout=0.5)
+    server.start(wait_healthy=False)
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as c:
+            page = c.get("/login")
+            assert page.status_code == 200  # the form is shown, nothing needs the database
+            r = c.post(
+                "/login",
+                data={"username": "a", "password": PASSWORD, "csrf_token": csrf_of(page.text)},
+            )
+            assert r.status_code == 503 and "database is unreachable" in r.text
+            assert c.get("/t/1/").headers["location"].startswith("/login")
+            assert c.get("/t/1/events").status_code == 401
+            assert c.get("/healthz").status_code == 503
+    finally:
+        server.stop()

@@ -55,11 +55,13 @@ async def test_a_slow_subscriber_is_dropped_and_others_get_everything(database_u
         assert await broker.wait_listening(10)
         slow, fast = broker.subscribe(1), broker.subscribe(1)
         received: list[int] = []
+        got_one = asyncio.Event()
 
         async def read_fast() -> None:
             async for event in fast:
                 if event is not None:
                     received.append(int(event.data["n"]))
+                    got_one.set()
                     if len(received) == 20:
                         return
 
@@ -68,7 +70,10 @@ async def test_a_slow_subscriber_is_dropped_and_others_get_everything(database_u
             for n in range(20):
                 payload = json.dumps({"tenant_id": 1, "n": n})
                 await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
-                await asyncio.sleep(0)  # let the fast reader run; the slow one never reads
+                # The fast reader keeps up (it has read event n before n+1 is sent); the slow
+                # one never reads.
+                await asyncio.wait_for(got_one.wait(), 10)
+                got_one.clear()
         await asyncio.wait_for(reader, 10)
         assert received == list(range(20))
         assert slow.dropped and slow.closed.is_set()

@@ -77,6 +77,10 @@
     return cdrstats.api("/api/v1/cdrs", { limit: 20 }).then(function (d) {
       var body = document.querySelector("#tail tbody");
       body.replaceChildren();
+      if (!d.items.length) {
+        var tr = row(body, ["No CDR yet."]);
+        tr.firstChild.colSpan = 7; tr.firstChild.className = "text-body-secondary";
+      }
       d.items.forEach(function (r) {
         row(body, [r.start_time.slice(0, 19).replace("T", " "), r["switch"], r.caller, r.callee, r.disposition,
                    r.hangup_cause, r.billsec], true);
