@@ -495,6 +495,9 @@ async def live_calls_endpoint(request: Request) -> Response:
             if not 0 < switch_id < 2**63:
                 raise auth.ParamError("switch", f"not a switch id: {text!r:.40}")
         async with auth.tenant_connection(state.pool, tenant_id) as conn:
+            cur = await conn.execute(b"SELECT 1 FROM tenant WHERE id = %s", (tenant_id,))
+            if await cur.fetchone() is None:  # (under row-level security: only its own)
+                raise HTTPException(404, f"no tenant {tenant_id}")
             calls = await live_calls(conn, tenant_id, switch_id)
             counts = await live_counts(conn, tenant_id)
     except HTTPException as exc:

@@ -407,6 +407,7 @@ def test_live_calls_api_is_tenant_scoped(collector_server: CollectorServer) -> N
     assert get(tokens["av"], switch="x").status_code == 422
     assert get(None).status_code == 401
     assert get(tokens["root"]).status_code == 422  # a superadmin names the tenant
+    assert get(tokens["root"], tenant=tb + 100).status_code == 404
     r = get(tokens["root"], tenant=tb)
     assert r.status_code == 200
     assert sorted(c["call_id"] for c in r.json()["calls"]) == ["b1", "b2"]
