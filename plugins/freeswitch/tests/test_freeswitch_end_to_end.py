@@ -254,3 +254,31 @@ def test_every_store_arrives_once_field_by_field(
             assert got["extra"]["local_ip_v4"] == "192.0.2.250"
         if answered and store != "sqlite":
             assert got["extra"]["bleg_uuid"] == v["bleg_uuid"]
+
+
+def test_a_2xx_means_stored_even_if_the_agent_is_killed_right_after(
+    tmp_path: Path, collector_server: CollectorServer
+) -> None:
+    """Each post answered 200 is in the spool: SIGKILL just after the last 200 loses none."""
+    port = free_port()
+    agent = Agent(
+        tmp_path,
+        collector_server,
+        f'[[source]]\nname = "http"\nplugin = "freeswitch"\nstore = "http"\nport = {port}\n',
+    )
+    # The collector is down while the posts arrive: the CDRs can only be in the spool.
+    collector_server.stop()
+    agent.start()
+    numbers = range(400, 420)
+    try:
+        post_all(port, numbers)
+        assert agent.proc is not None
+        agent.proc.kill()
+        agent.proc.wait(20)
+        collector_server.start()
+        agent.start()
+        rows = wait_rows(collector_server.database_url, len(numbers), agent)
+    finally:
+        agent.stop()
+    assert sorted(rows) == sorted(variables(n)["uuid"] for n in numbers)
+    assert all(len(r) == 1 for r in rows.values())
