@@ -127,10 +127,22 @@ class Dialect:
 class MySQLDialect(Dialect):
     def connect(self) -> Any:
         import pymysql
+        import pymysql.converters
+        from pymysql.constants import FIELD_TYPE
 
+        # Values stay text as the server sends them: the mapping reads text (as from
+        # Master.csv), so decoding dates and numbers only to format them again is waste.
+        conv = dict(pymysql.converters.conversions)
+        for field_type in (
+            FIELD_TYPE.DATETIME, FIELD_TYPE.TIMESTAMP, FIELD_TYPE.DATE, FIELD_TYPE.TINY,
+            FIELD_TYPE.SHORT, FIELD_TYPE.LONG, FIELD_TYPE.LONGLONG, FIELD_TYPE.INT24,
+            FIELD_TYPE.DECIMAL, FIELD_TYPE.NEWDECIMAL,
+        ):  # fmt: skip
+            conv[field_type] = str
         c = self.conn
         try:
             return pymysql.connect(
+                conv=conv,
                 host=c.host,
                 port=c.port,
                 user=c.user,
@@ -166,11 +178,14 @@ class MySQLDialect(Dialect):
 class PostgresDialect(Dialect):
     def connect(self) -> Any:
         import psycopg
+        from psycopg.types.string import TextLoader
 
         try:
-            return psycopg.connect(
-                self.conn.conninfo, connect_timeout=int(self.conn.connect_timeout)
-            )
+            timeout = max(1, int(self.conn.connect_timeout))
+            db = psycopg.connect(self.conn.conninfo, connect_timeout=timeout)
+            # `timestamp without time zone` as text, as cdr_pgsql wrote it (see MySQLDialect)
+            db.adapters.register_loader("timestamp", TextLoader)
+            return db
         except psycopg.OperationalError as exc:
             text = str(exc)
             if "password authentication failed" in text or "does not exist" in text:

@@ -17,6 +17,8 @@ from cdrstats_agent.options import Options
 from cdrstats_agent.plugin import LiveEvent
 from cdrstats_asterisk.ami import AmiAuthError, AmiConfig, AmiLive
 
+pytestmark = pytest.mark.timeout(60)
+
 STREAMS = Path(__file__).resolve().parent / "streams"
 FAST = {"backoff_min": 0.05, "backoff_max": 0.2, "reply_timeout": 0.5, "connect_timeout": 1.0}
 

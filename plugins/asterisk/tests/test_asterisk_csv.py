@@ -11,6 +11,8 @@ import pytest
 from asterisk_testkit import COLUMNS_21, REFERENCE, csv_line, drain, make_source, row
 from cdrstats_agent.model import Direction, Disposition
 
+pytestmark = pytest.mark.timeout(60)
+
 PARIS = ZoneInfo("Europe/Paris")
 
 

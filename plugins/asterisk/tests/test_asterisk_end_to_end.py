@@ -32,6 +32,8 @@ from psycopg.rows import dict_row
 from tests.fix_agent import AgentFactory, AgentProcess, key_difference, stored_keys, wait_for
 from tests.fix_db import CollectorServer, create_database, drop_database, with_dbname
 
+pytestmark = pytest.mark.timeout(300)
+
 CALLS = [
     row("1772445600.1", clid='"Doe, John "JD"" <1000>', linkedid="1772445600.1", sequence=1,
         userfield="203.0.113.9"),

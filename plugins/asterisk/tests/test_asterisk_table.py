@@ -35,6 +35,8 @@ from cdrstats_agent.model import Disposition
 
 from tests.fix_db import create_database, drop_database, with_dbname
 
+pytestmark = pytest.mark.timeout(120)
+
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0) -> datetime:
     return datetime(year, month, day, hour, minute, sec, tzinfo=UTC)
