@@ -30,6 +30,7 @@ from cdrstats_agent.model import CDR
 from cdrstats_agent.plugin import ReadResult, Rejected
 from cdrstats_csv.mapping import FieldInput
 from cdrstats_csv.mapping import Mapping as CsvMapping
+from cdrstats_csv.stamps import local_zone
 
 from .window import Value, Window, digest
 
@@ -39,6 +40,8 @@ _Runner = Callable[..., "asyncio.Future[Any]"]
 """Runs a blocking call in the reader's worker thread."""
 STORES = ("mysql", "pgsql", "sqlite", "mysql-legacy")
 LOGGED_REJECTS_PER_CHUNK = 20
+FUTURE = timedelta(days=1)
+"""A time-cursor value further ahead than this is rejected and does not move the window."""
 
 
 class Cursor(Protocol):
@@ -493,6 +496,7 @@ class TableSource:
         cdrs: list[CDR] = []
         rejected: list[Rejected] = []
         text = _TEXT
+        horizon = datetime.now(self.zone or local_zone()).replace(tzinfo=None) + FUTURE
         for row in rows:
             values = [text[type(v)](v) if type(v) in text else text_value(v) for v in row]
             raw = "\x1f".join(values).encode()
@@ -503,7 +507,19 @@ class TableSource:
                 # Placed at the top of the window so it is reported once, not every poll.
                 value = window.top if window.top is not None else _origin(self.kind)
                 problem = f"column {self.cursor_column!r}: {exc}"
-            if not window.admit(value, digest(raw)) or silent:
+            move = True
+            if (
+                not problem
+                and isinstance(value, datetime)
+                and value.tzinfo is None
+                and value > horizon
+            ):
+                move = False
+                problem = (
+                    f"column {self.cursor_column!r}: {values[index]} is more than a day "
+                    "ahead of this host's clock (not used as the read position)"
+                )
+            if not window.admit(value, digest(raw), move=move) or silent:
                 continue
             self.stats["rows"] += 1
             where = f"{self.conn.table}:{self.cursor_column}={values[index] or 'NULL'}"

@@ -70,12 +70,15 @@ class Window:
             return self.floor - fold_guard(self.floor, self.zone)
         return self.floor
 
-    def admit(self, value: Value, fingerprint: str) -> bool:
-        """True the first time a row is read; False for a row already delivered."""
+    def admit(self, value: Value, fingerprint: str, *, move: bool = True) -> bool:
+        """True the first time a row is read; False for a row already delivered.
+
+        `move=False` remembers the row without letting its value advance the window (a
+        timestamp far in the future must not push the floor past every later row)."""
         if fingerprint in self.seen:
             return False
         self.seen[fingerprint] = value
-        if self.top is None or value > self.top:  # type: ignore[operator]
+        if move and (self.top is None or value > self.top):  # type: ignore[operator]
             self.top = value
         return True
 

@@ -214,6 +214,21 @@ async def test_mysql_a_bad_row_is_rejected_and_the_rest_read(mysql: MySQLDatabas
     assert "answer time 2026-03-02T09:00:00+00:00 is before start" in bad.reason
 
 
+async def test_mysql_a_row_from_the_future_does_not_move_the_window(
+    mysql: MySQLDatabase,
+) -> None:
+    create_reference_mysql_cdr(mysql)
+    mysql.insert([row("clock.1", sequence=1, start="2099-01-01 10:00:00",
+                      answer="2099-01-01 10:00:05", end="2099-01-01 10:01:05")])  # fmt: skip
+    source = make_source(mysql.options(timezone="UTC", lookback=10))
+    first = await drain(source, None, want=1)
+    (bad,) = first.rejected
+    assert "more than a day ahead of this host's clock" in bad.reason
+    mysql.insert([row("ok.2", sequence=2)])  # a normal row, far below 2099
+    second = await drain(source, first.checkpoint, want=1)
+    assert [c.key for c in second.cdrs] == ["ok.2:2"] and second.rejected == []
+
+
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
