@@ -24,6 +24,7 @@ raw CDRs are still kept: a range emptied by retention would be rebuilt empty.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -214,16 +215,17 @@ class LocalDays:
     def __init__(self, timezone: str) -> None:
         self.timezone = timezone
         self._tz = ZoneInfo(timezone)
-        self._days: dict[int, int] = {}
+        self.cache: dict[int, int] = {}
+        """quarter hour (UTC µs // QUARTER_US) → local day, filled by `day`."""
 
     def day(self, start_us: int) -> int:
         q = start_us // QUARTER_US
-        d = self._days.get(q)
+        d = self.cache.get(q)
         if d is None:
-            if len(self._days) > 100_000:
-                self._days.clear()
+            if len(self.cache) > 100_000:
+                self.cache.clear()
             local = datetime.fromtimestamp(q * 900, self._tz).date()
-            d = self._days[q] = local.toordinal() - _EPOCH_ORDINAL
+            d = self.cache[q] = local.toordinal() - _EPOCH_ORDINAL
         return d
 
 
@@ -241,7 +243,9 @@ class Grouped:
 def group(facts: Iterable[Fact], days: LocalDays) -> Grouped:
     """Reduce the inserted CDRs of one batch (`FACT_COLUMNS` tuples)."""
     groups: dict[tuple[Any, ...], list[int]] = {}
-    minutes: dict[int, int] = {}
+    minutes: Counter[int] = Counter()
+    count_minutes = minutes.update
+    day_cache = days.cache
     day_of = days.day
     for (
         start,
@@ -258,9 +262,10 @@ def group(facts: Iterable[Fact], days: LocalDays) -> Grouped:
         kind,
         prefix,
     ) in facts:
+        day = day_cache.get(start // QUARTER_US)
         key = (
             start // HOUR_US,
-            day_of(start),
+            day_of(start) if day is None else day,
             direction,
             disposition,
             cause or 0,
@@ -283,13 +288,12 @@ def group(facts: Iterable[Fact], days: LocalDays) -> Grouped:
         first = start // MINUTE_US
         last = ((start + duration * 1_000_000 if end is None else end) - 1) // MINUTE_US
         if last <= first:
-            minutes[first] = minutes.get(first, 0) + 1
+            minutes[first] += 1
         else:
             if last >= first + MAX_SPAN_MINUTES:
                 last = first + MAX_SPAN_MINUTES - 1
-            for m in range(first, last + 1):
-                minutes[m] = minutes.get(m, 0) + 1
-    return Grouped(groups, minutes)
+            count_minutes(range(first, last + 1))
+    return Grouped(groups, dict(minutes))
 
 
 def upsert_params(

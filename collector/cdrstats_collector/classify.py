@@ -67,6 +67,14 @@ NATIONAL_DIGITS = 3
 CACHE_LIMIT = 100_000
 _CALLING_CODES = frozenset(str(cc) for cc in phonenumbers.COUNTRY_CODE_TO_REGION_CODE)
 
+
+def _calling_code_length(lead: str) -> int:
+    return next((n for n in (1, 2, 3) if lead[:n] in _CALLING_CODES), 3)
+
+
+# first three digits → length of the calling code (calling codes are a prefix code)
+_CC_LENGTH = {f"{i:03d}": _calling_code_length(f"{i:03d}") for i in range(1000)}
+
 Destination = tuple[str | None, str | None, str | None]
 """(dest_country, dest_kind, dest_prefix)."""
 NO_DESTINATION: Destination = (None, None, None)
@@ -150,22 +158,15 @@ class Classifier:
         """(country, kind, prefix) of an E.164 number ("+" and digits); all None for None."""
         if e164 is None or len(e164) < 2:
             return NO_DESTINATION
-        digits = e164[1:]
-        row = self._longest_match(digits) if self._lengths else None
+        row = self._longest_match(e164[1:]) if self._lengths else None
         if row is not None and row.country is not None and row.kind is not None:
             return (row.country, row.kind, row.prefix)
-        if digits[:1] in _CALLING_CODES:
-            n = 1
-        elif digits[:2] in _CALLING_CODES:
-            n = 2
-        else:
-            n = 3
-        key = (digits[: n + NATIONAL_DIGITS], len(digits))
+        key = (e164[: 1 + _CC_LENGTH.get(e164[1:4], 3) + NATIONAL_DIGITS], len(e164))
         found = self._library.get(key)
         if found is None:
             if len(self._library) >= CACHE_LIMIT:
                 self._library.clear()
-            found = self._library[key] = _library_destination(key[0], key[1])
+            found = self._library[key] = _library_destination(key[0][1:], key[1] - 1)
         if row is None:
             return (found[0], found[1], None)
         return (row.country or found[0], row.kind or found[1], row.prefix)
