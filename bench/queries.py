@@ -668,10 +668,9 @@ def exports(api: Api, server_pid: int, today: date) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fmt in ("csv", "xlsx"):
         for label, days in (("1d", 1), ("30d", 30)):
-            params = {
-                "from": (today - timedelta(days=days - 1)).isoformat(),
-                "to": today.isoformat(),
-            }
+            # whole days that are over: yesterday, or the 30 days before today
+            last = today - timedelta(days=1)
+            params = {"from": (last - timedelta(days=days - 1)).isoformat(), "to": last.isoformat()}
             stop = threading.Event()
             peaks: list[int] = []
             before = psutil.Process(server_pid).memory_info().rss

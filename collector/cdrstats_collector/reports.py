@@ -98,6 +98,17 @@ async def _rows(conn: Conn, query: str, params: Mapping[str, Any]) -> list[tuple
     return await cur.fetchall()
 
 
+async def _both(
+    conn: Conn, first: str, second: str, params: Mapping[str, Any]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Two queries sent before either result is read: one round trip in pipeline mode."""
+    cur1 = conn.cursor()
+    cur2 = conn.cursor()
+    await cur1.execute(first, params)
+    await cur2.execute(second, params)
+    return await cur1.fetchall(), await cur2.fetchall()
+
+
 # --- dashboard -------------------------------------------------------------------------------
 
 
@@ -165,14 +176,10 @@ async def series(
         lo = _hour_floor(local_midnight(tz, start))
         hi = local_midnight(tz, end + timedelta(days=1))
         p.update(lo=lo, hi=hi)
-        rows = await _rows(
+        rows, peaks = await _both(
             conn,
             f"SELECT hour, {_sums()} FROM agg_kpi_hour WHERE tenant_id = %(t)s"
             f" AND hour >= %(lo)s AND hour < %(hi)s{flt} GROUP BY hour",
-            p,
-        )
-        peaks = await _rows(
-            conn,
             "SELECT hour, peak FROM agg_conc_hour WHERE tenant_id = %(t)s"
             " AND switch_id = %(conc_switch)s AND hour >= %(lo)s AND hour < %(hi)s",
             p,
@@ -194,14 +201,10 @@ async def series(
     else:
         p.update(lo=start, hi=end)
         unit = "day" if granularity == "day" else "date_trunc('month', day)::date"
-        rows = await _rows(
+        rows, peaks = await _both(
             conn,
             f"SELECT {unit}, {_sums()} FROM agg_kpi_day WHERE tenant_id = %(t)s"
             f" AND day BETWEEN %(lo)s AND %(hi)s{flt} GROUP BY 1",
-            p,
-        )
-        peaks = await _rows(
-            conn,
             f"SELECT {unit}, max(peak) FROM agg_conc_day WHERE tenant_id = %(t)s"
             " AND switch_id = %(conc_switch)s AND day BETWEEN %(lo)s AND %(hi)s GROUP BY 1",
             p,
@@ -251,19 +254,15 @@ async def compare(
     days = [day - timedelta(weeks=k) for k in range(weeks + 1)]
     p: dict[str, Any] = {"t": tenant, "days": days}
     flt = _filters(args, p)
-    totals = await _rows(
-        conn,
-        f"SELECT day, {_sums()} FROM agg_kpi_day WHERE tenant_id = %(t)s"
-        f" AND day = ANY(%(days)s){flt} GROUP BY day",
-        p,
-    )
     ranges = []
     for i, d in enumerate(days):
         p[f"lo{i}"] = _hour_floor(local_midnight(tz, d))
         p[f"hi{i}"] = local_midnight(tz, d + timedelta(days=1))
         ranges.append(f"(hour >= %(lo{i})s AND hour < %(hi{i})s)")
-    hours = await _rows(
+    totals, hours = await _both(
         conn,
+        f"SELECT day, {_sums()} FROM agg_kpi_day WHERE tenant_id = %(t)s"
+        f" AND day = ANY(%(days)s){flt} GROUP BY day",
         f"SELECT hour, {_sums()} FROM agg_kpi_hour WHERE tenant_id = %(t)s"
         f" AND ({' OR '.join(ranges)}){flt} GROUP BY hour",
         p,
@@ -392,13 +391,14 @@ async def breakdown(
             "direction": ("agg_kpi_day", "direction"),
             "trunk": ("agg_trunk_day", "switch_id, trunk"),
         }[by]
-        rows = await _rows(
+        rows, switch_rows = await _both(
             conn,
             f"SELECT {keys}, {_sums()} FROM {table} WHERE {where}"
             f" GROUP BY {keys} ORDER BY sum(calls) DESC, {keys} LIMIT %(limit)s",
+            "SELECT id, name FROM switch WHERE tenant_id = %(t)s",
             p,
         )
-        names = dict(await _rows(conn, "SELECT id, name FROM switch WHERE tenant_id = %(t)s", p))
+        names = dict(switch_rows)
         nk = 2 if by == "trunk" else 1
         for r in rows:
             if by == "direction":
