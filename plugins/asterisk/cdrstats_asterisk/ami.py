@@ -99,6 +99,13 @@ class _Manager(Manager):  # type: ignore[misc]
     def _queue_event(self, _manager: Any, message: Any) -> None:
         self.events.put_nowait(message)
 
+    abandoned = False
+    """Set by `abandon()`: a connection that completes afterwards is closed at once."""
+
+    def abandon(self) -> None:
+        self.abandoned = True
+        self.close()
+
     def connection_made(self, f: asyncio.Future[Any]) -> None:
         if f.cancelled():
             return
@@ -106,6 +113,9 @@ class _Manager(Manager):  # type: ignore[misc]
         if exc is not None:
             if not self.connected.done():
                 self.connected.set_exception(exc)
+            return
+        if self.abandoned:  # we gave up waiting: do not log in late
+            f.result()[0].close()
             return
         super().connection_made(f)
         if not self.connected.done():
@@ -153,18 +163,21 @@ class AmiLive:
                 raise SourceError(f"AMI {config.where()}: no login was sent")
             reply = await self._reply(login, "Login")
         except TimeoutError:
-            manager.close()
+            manager.abandon()
             raise SourceError(
                 f"AMI {config.where()}: no answer within {config.connect_timeout:g} s"
             ) from None
         except OSError as exc:
-            manager.close()
+            manager.abandon()
             raise SourceError(
                 f"AMI {config.where()}: cannot connect: {exc.strerror or exc}"
             ) from None
         except AmiTimeout as exc:
-            manager.close()
+            manager.abandon()
             raise SourceError(f"AMI {config.where()}: {exc}") from None
+        except BaseException:
+            manager.abandon()
+            raise
         if not reply.success:
             manager.close()
             message = str(reply.get("Message", "")) or str(reply.get("Response", "Error"))
@@ -227,6 +240,9 @@ class AmiLive:
                     error=str(exc),
                     retry_s=round(backoff, 3),
                 )
+            except Exception as exc:  # a surprise from the peer must not end live calls
+                self.last_error = f"AMI {config.where()}: {type(exc).__name__}: {exc}"
+                log.error("ami_failed", exc_info=True, source=self.source, retry_s=backoff)
             finally:
                 self.connected = False
                 manager.close()

@@ -232,3 +232,17 @@ async def test_source_check_includes_ami(peer: AmiPeer, tmp_path: Path) -> None:
     options["ami"] = {"port": peer.port, "username": "cdrstats", "secret": "s3cret"}
     await make_source(options).check()
     assert peer.logins == 1
+
+
+async def test_shutdown_event_reconnects(peer: AmiPeer) -> None:
+    live = AmiLive("pbx", config(peer))
+    events = Events(live.events())
+    try:
+        await events.next("snapshot")
+        await peer.send_event({"Event": "Shutdown", "Privilege": "system,all",
+                               "Shutdown": "Cleanly", "Restart": "True"})  # fmt: skip
+        await wait_until(lambda: "Shutdown" in live.last_error)
+        await events.next("snapshot")  # the peer still listens: logged in again
+        assert live.sessions == 2
+    finally:
+        await events.close()
