@@ -53,7 +53,7 @@ async def into_spool(
     finally:
         elapsed = time.perf_counter() - started
         cpu = time.process_time() - cpu
-        await reader.aclose()  # type: ignore[attr-defined]
+        await reader.aclose()
         await source.close()
         await spool.close()
     if count != total:

@@ -25,7 +25,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -331,7 +331,7 @@ class EslLive:
                 )
             stopping.wait(delay)
 
-    async def events(self) -> AsyncIterator[LiveEvent]:
+    async def events(self) -> AsyncGenerator[LiveEvent, None]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[LiveEvent] = asyncio.Queue(QUEUE_MAX)
         stopping = threading.Event()

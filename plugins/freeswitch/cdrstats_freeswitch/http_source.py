@@ -301,6 +301,8 @@ class HttpSource:
             return _response(404, "Not Found", f"CDRs are posted to {self.path}")
         if not self._authorized(req.headers):
             return _response(401, "Unauthorized", "bad credentials (json_cdr.conf `cred`)")
+        if self._queue is not queue:  # read() ended since this connection was opened
+            return _response(503, "Service Unavailable", "not reading; retry")
         self.stats["posts"] += 1
         pending = self._parse(req)
         if pending.rejected is not None:

@@ -13,7 +13,7 @@ blocklist, so `actions()` declares no `block_ip`: the agent's host firewall back
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
 from cdrstats_agent.errors import ConfigError
@@ -136,7 +136,7 @@ class FreeswitchSource:
     async def check(self) -> None:
         await self.store.check()
 
-    def read(self, checkpoint: str | None) -> AsyncIterator[ReadResult]:
+    def read(self, checkpoint: str | None) -> AsyncGenerator[ReadResult, None]:
         return self.store.read(checkpoint)
 
     async def close(self) -> None:

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 import uuid as uuidlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -102,7 +102,7 @@ class Reader:
 
     def __init__(self, source: FreeswitchSource, checkpoint: str | None = None) -> None:
         self.source = source
-        self.agen: AsyncIterator[ReadResult] = source.read(checkpoint)
+        self.agen: AsyncGenerator[ReadResult, None] = source.read(checkpoint)
         self.pending: asyncio.Future[ReadResult] | None = None
         self.cdrs: list[CDR] = []
         self.rejected: list[Rejected] = []
@@ -151,9 +151,7 @@ class Reader:
             self.pending.cancel()
             with contextlib.suppress(BaseException):
                 await self.pending
-        aclose = getattr(self.agen, "aclose", None)
-        if aclose is not None:
-            await aclose()
+        await self.agen.aclose()
         await self.source.close()
 
 

@@ -238,7 +238,7 @@ async def test_a_restart_after_an_uncommitted_result_reads_it_again(tmp_path: Pa
     source = make_source({**OPTS, "path": str(tmp_path), "pattern": "*.csv*"})
     first = Reader(source)
     await first.take(3)
-    await first.agen.aclose()  # type: ignore[attr-defined]
+    await first.agen.aclose()
     again = Reader(source, None)
     try:
         await again.take(3)

@@ -6,13 +6,14 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 from cdrstats_agent.logs import LogfmtFormatter
 from cdrstats_agent.plugin import LiveEvent
 from cdrstats_freeswitch.esl import EslLive, EslSettings, event_to_live, snapshot_from_calls
+from cdrstats_freeswitch.plugin import FreeswitchLiveSource
 from freeswitch_testkit import REFERENCE, EslPeer, make_source, parse_plain, wait_until
 
 HANGUP = parse_plain((REFERENCE / "event_plain_CHANNEL_HANGUP_COMPLETE_cgrates.txt").read_text())
@@ -76,10 +77,12 @@ class Live:
 
     def __init__(self, peer: EslPeer, **esl: Any) -> None:
         options = {"port": peer.port, "snapshot_s": 0.3, "backoff_max_s": 0.5, **esl}
-        self.source = make_source({"store": "http", "port": 0, "esl": options})
-        self.esl: EslLive = self.source.esl  # type: ignore[attr-defined]
+        source = make_source({"store": "http", "port": 0, "esl": options})
+        assert isinstance(source, FreeswitchLiveSource)
+        self.source = source
+        self.esl: EslLive = source.esl
         self.events: list[LiveEvent] = []
-        self.agen: AsyncIterator[LiveEvent] = self.source.live()  # type: ignore[attr-defined]
+        self.agen: AsyncGenerator[LiveEvent, None] = source.live()
         self.task = asyncio.ensure_future(self._run())
 
     async def _run(self) -> None:
@@ -96,7 +99,7 @@ class Live:
         self.task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self.task
-        await self.agen.aclose()  # type: ignore[attr-defined]
+        await self.agen.aclose()
 
 
 async def test_events_and_snapshots_from_the_wire() -> None:
@@ -208,5 +211,5 @@ async def test_a_peer_that_never_sends_auth_request() -> None:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        await events.aclose()  # type: ignore[attr-defined]
+        await events.aclose()
         silent.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -29,7 +29,7 @@ class Listening:
         source = make_source({"store": "http", "port": 0, **options})
         assert isinstance(source.store, HttpSource)
         self.store: HttpSource = source.store
-        self.agen: AsyncIterator[ReadResult] = source.read(None)
+        self.agen: AsyncGenerator[ReadResult, None] = source.read(None)
         self.pending: asyncio.Future[ReadResult] = asyncio.ensure_future(anext(self.agen))
 
     async def start(self) -> Listening:
@@ -52,7 +52,7 @@ class Listening:
     async def close(self) -> None:
         self.pending.cancel()
         await asyncio.gather(self.pending, return_exceptions=True)
-        await self.agen.aclose()  # type: ignore[attr-defined]
+        await self.agen.aclose()
 
 
 async def post(url: str, content: bytes, content_type: str, **kw: Any) -> httpx.Response:
@@ -108,7 +108,7 @@ async def test_no_commit_means_no_2xx() -> None:
     try:
         reply = asyncio.ensure_future(post(server.url, *ENCODINGS["raw"]))
         await server.result()
-        await server.agen.aclose()  # type: ignore[attr-defined]
+        await server.agen.aclose()
         response = await reply
         assert response.status_code == 503
     finally:
@@ -262,3 +262,27 @@ async def test_plus_signs_survive_each_encoding(encoding: str) -> None:
         assert cdr.caller == "+33612345678" and cdr.caller_name == "~~~>>>???~~~>>>"
     finally:
         await server.close()
+
+
+async def test_a_kept_alive_connection_after_read_ended_gets_503() -> None:
+    server = await Listening().start()
+    body, ctype = ENCODINGS["raw"]
+    async with httpx.AsyncClient(timeout=10) as client:
+        url = server.url
+        reply = asyncio.ensure_future(
+            client.post(url, content=body, headers={"Content-Type": ctype})
+        )
+        await server.result()
+        server.commit()
+        assert (await reply).status_code == 200
+        await server.close()  # read() ends (the agent restarts the source)
+        again = server.store.read(None)
+        pending = asyncio.ensure_future(anext(again))
+        try:
+            await wait_until(server.store.listening.is_set, 5, "the new listener")
+            stale = await client.post(url, content=body, headers={"Content-Type": ctype})
+            assert stale.status_code == 503
+        finally:
+            pending.cancel()
+            await asyncio.gather(pending, return_exceptions=True)
+            await again.aclose()
