@@ -96,6 +96,8 @@ def test_dashboard_updates_live_without_reload(
         assert page.inner_text("#kpi-minutes") == "8"
         causes = page.inner_text("#causes tbody")
         assert "NORMAL_CLEARING" in causes and "NO_ANSWER" in causes
+        dispositions = page.inner_text("#dispositions tbody")
+        assert "ANSWERED\t8" in dispositions and "NO_ANSWER\t2" in dispositions
         assert "France" in page.inner_text("#countries tbody")
         _shot(page, "dashboard-desktop")
         # The live page shows arriving CDRs as they come.

@@ -107,9 +107,10 @@
       cdrstats.api("/api/v1/reports/series", params({ granularity: s.granularity })),
       cdrstats.api("/api/v1/reports/top", { from: s.from, to: s.to, by: "country", limit: 8 }),
       cdrstats.api("/api/v1/reports/breakdown", params({ by: "cause", limit: 8 })),
+      cdrstats.api("/api/v1/reports/breakdown", params({ by: "disposition", limit: 8 })),
       loadLive()
     ]).then(function (all) {
-      var d = all[0], series = all[1], top = all[2], causes = all[3];
+      var d = all[0], series = all[1], top = all[2], causes = all[3], dispositions = all[4];
       ["calls", "asr", "acd", "minutes"].forEach(function (k) { tile(k, d.current[k], d.previous[k]); });
       lastPeak = d.current.peak_concurrent;
       var pc = document.getElementById("kpi-concurrent-change");
@@ -139,6 +140,9 @@
       fill("countries", top.items, function (r) {
         return [cdrstats.country(r.country), r.calls.toLocaleString(), r.asr === null ? "–" : r.asr.toFixed(1) + " %",
                 r.minutes.toLocaleString(), shareBar(r.share)];
+      });
+      fill("dispositions", dispositions.items, function (r) {
+        return [r.disposition, r.calls.toLocaleString(), shareBar(r.share)];
       });
       fill("causes", causes.items, function (r) {
         return [String(r.cause), r.name, r.calls.toLocaleString(), shareBar(r.share)];

@@ -82,8 +82,10 @@
         tr.firstChild.colSpan = 7; tr.firstChild.className = "text-body-secondary";
       }
       d.items.forEach(function (r) {
-        row(body, [r.start_time.slice(0, 19).replace("T", " "), r["switch"], r.caller, r.callee, r.disposition,
-                   r.hangup_cause, r.billsec], true);
+        var tr = row(body, [r.start_time.slice(11, 19), r["switch"], r.caller, r.callee, r.disposition,
+                            r.hangup_cause, r.billsec], true);
+        tr.firstChild.className = "text-nowrap";
+        tr.firstChild.title = r.start_time;
       });
     });
   }
