@@ -284,7 +284,16 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
     end_c = _times(variables, "end", zone, hours)
     duration = _seconds(texts, "duration")
     billsec = _seconds(texts, "billsec")
-    start, answer, end = resolve(start_c, answer_c, end_c, duration, billsec)
+    if (
+        (start_c is None or len(start_c) == 1)
+        and (answer_c is None or len(answer_c) == 1)
+        and (end_c is None or len(end_c) == 1)
+    ):
+        start = start_c[0] if start_c else None
+        answer = answer_c[0] if answer_c else None
+        end = end_c[0] if end_c else None
+    else:  # a stamp in a DST overlap: the combination that agrees with the durations
+        start, answer, end = resolve(start_c, answer_c, end_c, duration, billsec)
     if start is None:
         if end is not None and duration is not None:
             start = end - timedelta(seconds=duration)
