@@ -14,6 +14,7 @@ import pytest
 from kamailio_testkit import (
     BEHAVIOURS,
     REFERENCE,
+    RUNNING_UACS,
     KamailioDB,
     KamailioProcess,
     Rig,
@@ -69,3 +70,11 @@ def kamailio_rig(
         for u in uas.values():
             u.stop()
         db.drop()
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_uacs() -> Iterator[None]:
+    """A test that fails while a sipp UAC runs must not leave it running."""
+    yield
+    while RUNNING_UACS:
+        RUNNING_UACS.pop().kill()

@@ -773,7 +773,12 @@ def run_uac(
             start_new_session=True,
         )
     handle = UacProcess(process, log_path, errors, timeout_s + 15)
+    RUNNING_UACS.append(handle)
     return handle.wait() if wait else handle
+
+
+RUNNING_UACS: list[UacProcess] = []
+"""Every UAC started; conftest kills what is left of them after each test."""
 
 
 @dataclass
@@ -785,20 +790,24 @@ class UacProcess:
     errors_path: Path
     timeout_s: float
 
+    done: bool = False
+
     def wait(self) -> UacRun:
         try:
             self.process.wait(self.timeout_s)
         except subprocess.TimeoutExpired:
             pass
         finally:
-            kill_group(self.process)
+            self.kill()
         err = self.errors_path.read_text(errors="replace") if self.errors_path.exists() else ""
         out = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
         code = self.process.returncode if self.process.returncode is not None else -9
         return UacRun(code, out[-3000:], err[-3000:])
 
     def kill(self) -> None:
-        kill_group(self.process)
+        if not self.done:
+            self.done = True
+            kill_group(self.process)
 
 
 @dataclass

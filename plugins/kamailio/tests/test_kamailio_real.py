@@ -159,8 +159,17 @@ def test_agent_killed_mid_load_loses_and_doubles_nothing(
                 return True
             return False
 
+        def why() -> str:
+            assert isinstance(load, UacProcess)
+            acc = rig.db.query("SELECT count(*) AS n, max(id) AS top FROM acc")
+            return (
+                f"acc rows {acc}, checkpoint {spool_checkpoint(agent.state_dir)},"
+                f" sipp exit {load.process.poll()}:\n{load.log_path.read_text()[-1500:]}\n"
+                f"{agent.log_tail()}"
+            )
+
         wait_for(open_invites_committed, timeout=30, what="open INVITEs in a committed checkpoint",
-                 diagnostics=agent.log_tail, every=0.02)  # fmt: skip
+                 diagnostics=why, every=0.02)  # fmt: skip
         agent.kill()  # SIGKILL while calls are up: their BYEs come while the agent is down
         time.sleep(1.0)
         agent.start()
@@ -190,7 +199,7 @@ def test_agent_killed_mid_load_loses_and_doubles_nothing(
                 if r["callee"] in (f"answer{u}", f"busy{u}")]  # fmt: skip
         assert sum(r["callee"] == f"answer{u}" for r in mine) == 60
         assert sum(r["callee"] == f"busy{u}" for r in mine) == 10
-        assert all(r["duration"] in (1, 2) for r in mine if r["callee"] == f"answer{u}")
+        assert all(1 <= r["duration"] <= 3 for r in mine if r["callee"] == f"answer{u}")
         assert agent.kills == 1 and agent.spool().rejected == 0
     finally:
         agent.stop()
