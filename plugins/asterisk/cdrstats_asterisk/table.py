@@ -475,10 +475,13 @@ class TableSource:
         try:
             mapping = self._mapping_for(names)
             index = [n.lower() for n in names].index(self.cursor_column.split(".")[-1].lower())
+            fetching = run(cur.fetchmany, self.chunk_cdrs)
             while True:
-                rows = await run(cur.fetchmany, self.chunk_cdrs)
+                rows = await fetching
                 if not rows:
                     break
+                # The next chunk is read (and the server sends it) while this one is mapped.
+                fetching = run(cur.fetchmany, self.chunk_cdrs)
                 cdrs, rejected = self._admit(rows, index, mapping, window, silent)
                 window.settle()
                 yield ReadResult(cdrs, window.dumps(), rejected)
