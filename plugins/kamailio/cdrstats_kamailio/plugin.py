@@ -81,7 +81,15 @@ class KamailioSource:
         o = self.options
         fields = dict(o.fields)
         for table in self._tables():
-            have = set(db.columns(table))
+            try:
+                have = set(db.columns(table))
+            except SourceError as exc:
+                if "cannot connect" in str(exc):
+                    raise
+                raise SourceError(
+                    f"{exc} (is Kamailio's acc schema created, acc-create.sql, and is"
+                    f" {table!r} the table its acc module writes?)"
+                ) from None
             core = (
                 {"id", "start_time", "end_time", "duration", *o.key_columns}
                 if o.records == "acc_cdrs"
@@ -89,14 +97,16 @@ class KamailioSource:
             )
             if core - have:
                 raise SourceError(
-                    f"table {table} has no column(s) {', '.join(sorted(core - have))}"
+                    f"{redact(o.db_url)}: table {table} has no column(s)"
+                    f" {', '.join(sorted(core - have))}"
                     + (" (write them with cdr_extra)" if o.records == "acc_cdrs" else "")
                 )
             missing = {f: c for f, c in fields.items() if c not in have}
             if missing and o.fields_required:
                 named = ", ".join(f"{f} = {c!r}" for f, c in sorted(missing.items()))
                 raise SourceError(
-                    f"table {table} has no column for fields {named} (add it with db_extra /"
+                    f"{redact(o.db_url)}: table {table} has no column for fields {named}"
+                    " (add it with db_extra /"
                     " cdr_extra and ALTER TABLE, or change [source.fields])"
                 )
             for f in missing:
@@ -117,8 +127,6 @@ class KamailioSource:
         db = Database(self.options.db_url)
         try:
             await asyncio.to_thread(self._prepare, db)
-        except SourceError as exc:
-            raise SourceError(f"{redact(self.options.db_url)}: {exc}") from None
         finally:
             await asyncio.to_thread(db.close)
 
