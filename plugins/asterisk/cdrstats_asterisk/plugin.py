@@ -13,7 +13,8 @@ import re
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from cdrstats_agent.errors import ConfigError
+from cdrstats_agent.errors import ConfigError, SourceError
+from cdrstats_agent.logs import get_logger
 from cdrstats_agent.options import Options
 from cdrstats_agent.plugin import ActionHandler, LiveEvent, ReadResult, Source
 from cdrstats_csv.config import read_mapping
@@ -21,6 +22,8 @@ from cdrstats_csv.plugin import COMPRESSED, CsvSource
 
 from .ami import AmiConfig, AmiLive
 from .table import STORES, Connection, TableSource
+
+log = get_logger("cdrstats.plugins.asterisk")
 
 DEFAULT_CSV = "/var/log/asterisk/cdr-csv/Master.csv"
 DEFAULT_SQLITE = "/var/log/asterisk/master.db"
@@ -296,9 +299,15 @@ class AsteriskSource:
         self.ami = ami
 
     async def check(self) -> None:
+        """The CDR store must be reachable (SourceError otherwise). The AMI login is tried
+        too, but a failure is only logged (`ami_check_failed`, error level): the agent checks
+        a source before each read, and live calls being down must not stop CDRs."""
         await self.reader.check()
         if self.ami is not None:
-            await AmiLive(self.name, self.ami).check()
+            try:
+                await AmiLive(self.name, self.ami).check()
+            except SourceError as exc:
+                log.error("ami_check_failed", source=self.name, error=str(exc))
 
     def read(self, checkpoint: str | None) -> AsyncIterator[ReadResult]:
         return self.reader.read(checkpoint)

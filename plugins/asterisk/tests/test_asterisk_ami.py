@@ -223,15 +223,24 @@ async def test_periodic_snapshots(peer: AmiPeer) -> None:
         await events.close()
 
 
-async def test_source_check_includes_ami(peer: AmiPeer, tmp_path: Path) -> None:
+async def test_source_check_reports_ami_without_blocking_cdrs(
+    peer: AmiPeer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="cdrstats.plugins.asterisk")
     (tmp_path / "Master.csv").write_text("")
     options = {"store": "csv", "path": str(tmp_path / "Master.csv"),
                "ami": {"port": peer.port, "username": "cdrstats", "secret": "nope"}}  # fmt: skip
-    with pytest.raises(SourceError, match="login refused"):
-        await make_source(options).check()
+    await make_source(options).check()  # the CDR store is fine: no exception
+    (record,) = [r for r in caplog.records if r.getMessage() == "ami_check_failed"]
+    fields = record.__dict__["cdrstats_fields"]
+    assert "login refused: Authentication failed" in fields["error"]
+    assert peer.failed_logins == 1
     options["ami"] = {"port": peer.port, "username": "cdrstats", "secret": "s3cret"}
     await make_source(options).check()
     assert peer.logins == 1
+    options["path"] = str(tmp_path / "missing-dir" / "Master.csv")
+    with pytest.raises(SourceError, match="does not exist"):
+        await make_source(options).check()
 
 
 async def test_shutdown_event_reconnects(peer: AmiPeer) -> None:
