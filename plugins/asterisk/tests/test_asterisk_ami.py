@@ -1,4 +1,9 @@
-"""Live calls over AMI against a protocol-faithful peer on a real TCP socket (ami_peer.py)."""
+"""Live calls over AMI against a protocol-faithful peer on a real TCP socket (ami_peer.py).
+
+Streams played by the peer: the recorded reference stream (panoramisk's fixture, Asterisk 11,
+read from ../shared/reference) and streams/pjsip_outbound_call.ami, written by hand after
+Asterisk 13+'s documented event fields (Linkedid, DialBegin/DialEnd, Timestamp).
+"""
 
 from __future__ import annotations
 
