@@ -210,9 +210,30 @@ def test_admin_pages_and_enrollment_command(
         page.goto("/logout")  # GET is not a logout
         page.goto(f"/t/{acme}/")
         assert page.url.endswith(f"/t/{acme}/")
+        # The dark theme is kept across pages (and reloads).
+        page.get_by_role("button", name="Switch between light and dark theme").click()
+        page.reload()
+        assert page.get_attribute("html", "data-bs-theme") == "dark"
+        _shot(page, "dashboard-dark-desktop")
         page.get_by_role("button", name="Log out").click()
         page.wait_for_url("**/login")
         _shot(page, "login-desktop")
+    finally:
+        page.context.close()
+
+
+def test_superadmin_switches_tenant_on_the_same_page(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, seeded = console
+    acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
+    page = _page(browser, server.url)
+    try:
+        _login(page, "root")
+        page.goto(f"/t/{acme}/cdrs")
+        page.get_by_label("Tenant").select_option(str(globex))
+        page.wait_for_url(f"**/t/{globex}/cdrs")
+        assert "globex" in page.inner_text("h1")
     finally:
         page.context.close()
 
@@ -298,6 +319,14 @@ def test_phone_viewport_has_no_horizontal_scroll(
             page.goto(path)
             if name == "dashboard":
                 page.wait_for_function("document.getElementById('kpi-calls').textContent === '5'")
+            unlabelled = page.evaluate(
+                """() => [...document.querySelectorAll(
+                        'input:not([type=hidden]), select, textarea, button')]
+                    .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                                 && !e.textContent.trim())
+                    .map(e => e.outerHTML.slice(0, 80))"""
+            )
+            assert unlabelled == [], (path, unlabelled)
             overflow = page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
