@@ -79,6 +79,9 @@ def check_format(fmt: str) -> str | None:
 
 def local_candidates(naive: datetime, zone: tzinfo) -> tuple[datetime, ...]:
     """The UTC instants a local wall-clock time can mean: one, or two in a DST overlap."""
+    offset = zone.utcoffset(naive)
+    if offset is not None and offset == zone.utcoffset(naive.replace(fold=1)):
+        return ((naive - offset).replace(tzinfo=UTC),)  # the usual case: one offset, no fold
     first = naive.replace(tzinfo=zone, fold=0).astimezone(UTC)
     second = naive.replace(tzinfo=zone, fold=1).astimezone(UTC)
     if first == second:
