@@ -41,6 +41,17 @@ class CheckpointError(ValueError):
     """A checkpoint this plugin did not write (or a newer version of it)."""
 
 
+_CODES = {str(c): c for c in (200, 202, 486, 487, 480, 408, 404, 403, 500, 503, 603)}
+"""The frequent sip_code values, parsed once."""
+
+
+def _clean(value: Any) -> str:
+    """A tag or Call-ID column as text without surrounding blanks."""
+    if type(value) is str:
+        return value.strip() if value[:1].isspace() or value[-1:].isspace() else value
+    return text(value).strip()
+
+
 def natural_key(callid: str, from_tag: str) -> str:
     """The CDR key: Call-ID and the caller's From tag (`;` cannot occur in a Call-ID)."""
     return f"{callid};{from_tag}"
@@ -182,6 +193,10 @@ class AccPairer:
         self._expire(out)
         return out
 
+    def _code(self, value: Any) -> int:
+        code = _CODES.get(value) if type(value) is str else None
+        return code if code is not None else sip_code(value)
+
     def _epoch(self, value: Any) -> float:
         """Epoch seconds of a time column; text values are cached (rows share seconds)."""
         if type(value) is not str:
@@ -195,19 +210,22 @@ class AccPairer:
 
     def _acc_row(self, row: Mapping[str, Any], out: Fed) -> None:
         s = self.settings
-        method = text(row.get("method")).strip().upper()
+        method = row.get("method")
+        if method != "INVITE" and method != "BYE":  # the usual values need no cleaning
+            method = text(method).strip().upper()
         try:
-            callid = text(row.get("callid")).strip()
+            callid = _clean(row.get("callid"))
             if not callid:
                 raise ValueError("callid is empty")
-            code = sip_code(row.get("sip_code"))
+            code = self._code(row.get("sip_code"))
             at = self._epoch(row.get("time"))
         except ValueError as exc:
             out.rejected.append(Rejected(f"{s.acc_table}:{row['id']}", str(exc)))
             return
-        self.state.clock = max(self.state.clock, at)
-        from_tag = text(row.get("from_tag")).strip()
-        to_tag = text(row.get("to_tag")).strip()
+        if at > self.state.clock:
+            self.state.clock = at
+        from_tag = _clean(row.get("from_tag"))
+        to_tag = _clean(row.get("to_tag"))
         if method == "INVITE":
             if code >= 300:
                 if s.failed_from == "acc":
