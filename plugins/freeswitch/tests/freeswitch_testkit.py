@@ -258,6 +258,15 @@ class EslPeer:
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
     def _serve(self, client: socket.socket) -> None:
+        try:
+            self._converse(client)
+        finally:
+            with self._lock:
+                self._subscribed.discard(client)
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def _converse(self, client: socket.socket) -> None:
         with contextlib.suppress(OSError):
             client.sendall(b"Content-Type: auth/request\n\n")
             buffer = b""
@@ -318,8 +327,6 @@ class EslPeer:
                         client.sendall(
                             b"Content-Type: command/reply\nReply-Text: -ERR command not found\n\n"
                         )
-        with contextlib.suppress(OSError):
-            client.close()
 
     def _calls_json(self) -> str:
         import json

@@ -109,7 +109,7 @@ async def test_events_and_snapshots_from_the_wire() -> None:
     ]
     live = Live(peer)
     try:
-        await wait_until(lambda: peer.subscribed() == 1, 10, "the event subscription")
+        await wait_until(lambda: peer.subscribed() >= 1, 10, "the event subscription")
         await wait_until(lambda: live.snapshots() >= 1, 10, "the first snapshot")
         assert live.events[0].calls[0]["state"] == "ringing"
         assert "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE HEARTBEAT" in (
@@ -161,18 +161,24 @@ async def test_peer_restart_reconnects_and_resnapshots() -> None:
     peer = EslPeer()
     live = Live(peer, snapshot_s=60.0)
     try:
-        await wait_until(lambda: live.snapshots() == 1, 10, "the first snapshot")
+        await wait_until(lambda: live.snapshots() >= 1, 10, "the first snapshot")
+        before = live.snapshots()
         peer.drop_clients()  # the switch restarts: disconnect notice, socket closed
-        await wait_until(lambda: peer.connections == 2, 10, "a new connection")
-        await wait_until(lambda: live.snapshots() == 2, 10, "a snapshot after reconnecting")
+        await wait_until(lambda: peer.connections >= 2, 10, "a new connection")
+        await wait_until(lambda: live.snapshots() > before, 10, "a snapshot after reconnecting")
+        await wait_until(lambda: peer.subscribed() == 1, 10, "the new subscription")
         peer.send_event(recorded("CHANNEL_CREATE"))
         await wait_until(lambda: live.kinds() == ["started"], 10, "an event on the new connection")
         # A switch that is down for a while (port closed) is retried with backoff.
         port = peer.port
         peer.stop()
-        await wait_until(lambda: live.esl.stats["failures"] >= 3, 15, "failed reconnections")
+        failures = live.esl.stats["failures"]
+        await wait_until(
+            lambda: live.esl.stats["failures"] >= failures + 3, 15, "failed reconnections"
+        )
+        before = live.snapshots()
         peer = EslPeer(port=port)
-        await wait_until(lambda: live.snapshots() == 3, 15, "a snapshot from the new switch")
+        await wait_until(lambda: live.snapshots() > before, 15, "a snapshot from the new switch")
     finally:
         await live.close()
         peer.stop()
