@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from . import plugin as plugin_api
 from .errors import ConfigError
+from .firewall import BACKENDS, NAME, FirewallSettings
 from .options import Options
 from .plugin import Plugin, Source
 
@@ -65,6 +66,20 @@ class LiveSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ActionSettings:
+    """The `[actions]` table: remote commands from the collector (docs/actions.md)."""
+
+    enabled: bool = True
+    dry_run: bool = False
+    allowlist: tuple[str, ...] = ()
+    """Networks that can never be blocked (CIDR or single addresses), besides the built-in
+    ones (loopback, the collector's and the switch's own addresses)."""
+    max_blocks: int = 1000
+    max_ttl_s: int = 30 * 86400
+    poll_wait_s: float = 25.0
+
+
+@dataclass(frozen=True, slots=True)
 class SourceConfig:
     """One `[[source]]` table: its name, plugin and the source the plugin built from it."""
 
@@ -81,6 +96,8 @@ class Config:
     sources: tuple[SourceConfig, ...] = ()
     live: LiveSettings = field(default_factory=LiveSettings)
     path: str = "<memory>"
+    actions: ActionSettings = field(default_factory=ActionSettings)
+    firewall: FirewallSettings = field(default_factory=FirewallSettings)
 
 
 def load_config(
@@ -131,7 +148,11 @@ def _build(doc: dict[str, Any], path: str, plugins: Mapping[str, Plugin] | None)
     collector_table = top.table("collector", {})
     source_tables = top.table_list("source", [])
     live_table = top.table("live", {})
+    actions_table = top.table("actions", {})
+    firewall_table = top.table("firewall", {})
     top.finish()
+    actions = _actions(Options(actions_table, "actions"))
+    firewall = _firewall(Options(firewall_table, "firewall"), actions.dry_run)
     agent = _agent(Options(agent_table, "agent"))
     collector = _collector(Options(collector_table, "collector"))
     live = _live(Options(live_table, "live"))
@@ -146,7 +167,15 @@ def _build(doc: dict[str, Any], path: str, plugins: Mapping[str, Plugin] | None)
             )
         seen[sc.name] = i
         sources.append(sc)
-    return Config(agent=agent, collector=collector, sources=tuple(sources), path=path, live=live)
+    return Config(
+        agent=agent,
+        collector=collector,
+        sources=tuple(sources),
+        path=path,
+        live=live,
+        actions=actions,
+        firewall=firewall,
+    )
 
 
 def _agent(opts: Options) -> AgentSettings:
@@ -197,6 +226,53 @@ def _live(opts: Options) -> LiveSettings:
         raise opts.error(
             "flush_interval_s", f"must be at most 60, got {settings.flush_interval_s:g}"
         )
+    opts.finish()
+    return settings
+
+
+def _actions(opts: Options) -> ActionSettings:
+    import ipaddress
+
+    allow = opts.text_list("allowlist", [])
+    for n, entry in enumerate(allow):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise opts.error(
+                f"allowlist[{n}]",
+                f"{entry!r} is not an IP address or network",
+                hint="for example 192.0.2.10 or 198.51.100.0/24 or 2001:db8::/32",
+            ) from None
+    settings = ActionSettings(
+        enabled=opts.flag("enabled", True),
+        dry_run=opts.flag("dry_run", False),
+        allowlist=tuple(allow),
+        max_blocks=opts.integer("max_blocks", 1000, minimum=1),
+        max_ttl_s=opts.integer("max_ttl_s", 30 * 86400, minimum=1),
+        poll_wait_s=_positive(opts, "poll_wait_s", 25.0),
+    )
+    if settings.poll_wait_s > 120:
+        raise opts.error("poll_wait_s", f"must be at most 120, got {settings.poll_wait_s:g}")
+    opts.finish()
+    return settings
+
+
+def _firewall(opts: Options, dry_run: bool) -> FirewallSettings:
+    table = opts.text("table", "cdrstats")
+    if not NAME.match(table):
+        raise opts.error(
+            "table", f"{table!r} is not a valid name", hint="a letter, then letters, digits, '_'"
+        )
+    netns = opts.text("netns", "")
+    if netns and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", netns):
+        raise opts.error("netns", f"{netns!r} is not a valid network namespace name")
+    settings = FirewallSettings(
+        backend=opts.choice("backend", BACKENDS, "none"),
+        table=table,
+        priority=opts.integer("priority", -10),
+        netns=netns,
+        dry_run=dry_run,
+    )
     opts.finish()
     return settings
 
@@ -277,6 +353,17 @@ enabled = true
 flush_interval_s = 0.5              # events are sent together at most this often
 flush_max_events = 200              # ... or as soon as this many wait
 queue_max_events = 10000            # per source; past this, wait for the source's next snapshot
+
+[actions]                           # remote commands from the collector (docs/actions.md)
+enabled = true
+dry_run = false                     # log what block_ip/unblock_ip would do, change nothing
+allowlist = []                      # never blocked, besides loopback, the collector and this host
+max_blocks = 1000                   # active blocks at most
+max_ttl_s = 2592000                 # longest block (30 days); every block expires
+
+[firewall]                          # for sources without a native block (Kamailio has one)
+backend = "none"                    # nftables | ipset | iptables | none (needs CAP_NET_ADMIN)
+table = "cdrstats"                  # nftables table (inet) / ipset prefix / iptables chain
 
 {plugin.sample_config.strip()}
 """

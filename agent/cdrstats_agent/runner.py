@@ -32,8 +32,11 @@ from typing import Any
 import httpx
 from nacl.signing import SigningKey
 
+from . import wire
+from .commands import Allowlist, CommandChannel, Executor
 from .config import Config
 from .errors import IdentityError
+from .firewall import make_backend
 from .identity import Identity, ensure_state_dir, load_agent
 from .live import LiveChannel
 from .logs import get_logger
@@ -101,6 +104,8 @@ class Agent:
         self.uplink: Uplink | None = None
         self.live: LiveChannel | None = None
         """The live channel, when a source has `live()` and `[live]` is enabled."""
+        self.commands: CommandChannel | None = None
+        """The command channel (remote actions), unless `[actions] enabled = false`."""
         self._stop = asyncio.Event()
         self.started = asyncio.Event()
         """Set once the spool is open and the tasks run (tests wait on it)."""
@@ -180,6 +185,11 @@ class Agent:
                 tasks.append(
                     asyncio.create_task(self._keep_running(live.run_status), name="live-status")
                 )
+            if self.config.actions.enabled:
+                self.commands = self._command_channel(identity, key, urls)
+                tasks.append(
+                    asyncio.create_task(self._keep_running(self.commands.run), name="commands")
+                )
             self.started.set()
             waits = [asyncio.create_task(self._stop.wait())]
             if stop is not None:
@@ -211,6 +221,28 @@ class Agent:
                 log.warning("source_close_failed", source=source.name, error=repr(exc))
         if self.spool is not None:
             await self.spool.close()
+
+    def _command_channel(
+        self, identity: Identity, key: SigningKey, urls: list[str]
+    ) -> CommandChannel:
+        actions, c = self.config.actions, self.config.collector
+        executor = Executor(
+            actions,
+            make_backend(self.config.firewall),
+            self.sources,
+            agent_id=identity.agent_id,
+            collector_key=wire.verify_key_from_text(identity.collector_public_key),
+            state_dir=self.config.agent.state_dir,
+            allowlist=Allowlist(actions.allowlist, urls),
+        )
+        return CommandChannel(
+            executor,
+            urls=urls,
+            key=key,
+            timeout_s=c.timeout_s,
+            backoff_max_s=c.backoff_max_s,
+            transport=self._transport,
+        )
 
     def _restart_delay(self, failures: int) -> float:
         cap = min(self.config.collector.backoff_max_s, RESTART_BASE_S * 2 ** min(failures, 30))
