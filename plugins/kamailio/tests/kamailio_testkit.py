@@ -59,21 +59,31 @@ BEHAVIOURS = ("answer", "hangup", "busy", "fail", "ring")
 """UAS behaviours; Kamailio routes a call to the UAS named by the first R-URI user digits."""
 
 
+def kamailio_binary() -> str | None:
+    """The kamailio binary: $CDRSTATS_KAMAILIO_BIN, else from PATH or /usr/sbin."""
+    configured = os.environ.get("CDRSTATS_KAMAILIO_BIN")
+    if configured:
+        return configured if Path(configured).is_file() else None
+    found = shutil.which("kamailio") or "/usr/sbin/kamailio"
+    return found if Path(found).is_file() else None
+
+
 def binaries_missing() -> str | None:
     """A reason string when kamailio or sipp is not installed, else None."""
-    for name in ("kamailio", "sipp"):
-        if shutil.which(name) is None and not Path(f"/usr/sbin/{name}").exists():
-            return (
-                f"{name} is not installed"
-                " (apt-get install kamailio kamailio-mysql-modules sip-tester)"
-            )
+    install = " (apt-get install kamailio kamailio-mysql-modules sip-tester)"
+    if kamailio_binary() is None:
+        return "the kamailio binary is not installed" + install
+    if shutil.which("sipp") is None:
+        return "sipp is not installed" + install
     if not Path(MODULES_DIR, "db_mysql.so").exists():
         return "kamailio-mysql-modules is not installed (db_mysql.so missing)"
     return None
 
 
-def kamailio_binary() -> str:
-    return shutil.which("kamailio") or "/usr/sbin/kamailio"
+def _kamailio() -> str:
+    binary = kamailio_binary()
+    assert binary is not None, binaries_missing()
+    return binary
 
 
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
@@ -342,7 +352,7 @@ class KamailioProcess:
 
     def check_cfg(self) -> None:
         done = subprocess.run(
-            [kamailio_binary(), "-c", "-f", str(self.cfg)], capture_output=True, text=True
+            [_kamailio(), "-c", "-f", str(self.cfg)], capture_output=True, text=True
         )
         if done.returncode != 0:
             raise AssertionError(f"kamailio -c failed:\n{done.stdout}{done.stderr}")
@@ -351,7 +361,7 @@ class KamailioProcess:
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [
-                    kamailio_binary(),
+                    _kamailio(),
                     "-DD",
                     "-E",
                     "-m", "32",
