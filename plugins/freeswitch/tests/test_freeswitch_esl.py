@@ -190,8 +190,11 @@ async def test_a_peer_that_stops_answering_is_dropped() -> None:
     try:
         await wait_until(lambda: live.snapshots() >= 1, 10, "the first snapshot")
         peer.mute.set()  # accepts bytes, never answers: `show calls` times out
-        await wait_until(lambda: live.esl.stats["failures"] >= 1, 10, "the timeout")
-        assert "no reply to 'api' within 0.3 s" in (live.esl.last_error or "")
+        await wait_until(
+            lambda: "no reply to 'api' within 0.3 s" in (live.esl.last_error or ""),
+            10,
+            "the `show calls` timeout",
+        )
         peer.mute.clear()
         before = live.snapshots()
         await wait_until(lambda: live.snapshots() > before, 10, "a snapshot after reconnecting")
@@ -211,8 +214,11 @@ async def test_a_peer_that_never_sends_auth_request() -> None:
     events = live_esl.events()
     task = asyncio.ensure_future(anext(events))
     try:
-        await wait_until(lambda: live_esl.stats["failures"] >= 1, 10, "the connect timeout")
-        assert "auth/request" in (live_esl.last_error or "")
+        await wait_until(
+            lambda: "no auth/request within" in (live_esl.last_error or ""),
+            10,
+            "the wait for auth/request to time out",
+        )
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
