@@ -252,6 +252,8 @@ class AsteriskPlugin:
                 chunk_cdrs=chunk,
                 start_at=start_at,
             )
+        if ami is not None:
+            return AsteriskLiveSource(name, store, reader, ami)
         return AsteriskSource(name, store, reader, ami)
 
     @staticmethod
@@ -312,11 +314,6 @@ class AsteriskSource:
     def read(self, checkpoint: str | None) -> AsyncIterator[ReadResult]:
         return self.reader.read(checkpoint)
 
-    def live(self) -> AsyncIterator[LiveEvent]:
-        if self.ami is None:
-            return _no_live()
-        return AmiLive(self.name, self.ami).events()
-
     def actions(self) -> Mapping[str, ActionHandler]:
         # Asterisk has no runtime blocklist: block_ip goes to the agent's firewall backend.
         return {}
@@ -325,6 +322,10 @@ class AsteriskSource:
         await self.reader.close()
 
 
-async def _no_live() -> AsyncIterator[LiveEvent]:
-    return
-    yield  # an async generator that ends at once
+class AsteriskLiveSource(AsteriskSource):
+    """A source with a `[source.ami]` table: it also streams live calls (`live()`)."""
+
+    ami: AmiConfig
+
+    def live(self) -> AsyncIterator[LiveEvent]:
+        return AmiLive(self.name, self.ami).events()

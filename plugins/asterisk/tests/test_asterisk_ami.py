@@ -21,6 +21,7 @@ from cdrstats_agent.errors import SourceError
 from cdrstats_agent.options import Options
 from cdrstats_agent.plugin import LiveEvent
 from cdrstats_asterisk.ami import AmiAuthError, AmiConfig, AmiLive
+from cdrstats_asterisk.plugin import AsteriskLiveSource
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -92,6 +93,7 @@ async def test_snapshot_on_login_then_call_events(peer: AmiPeer) -> None:
             "ami": {"port": peer.port, "username": "cdrstats", "secret": "s3cret"},
         }
     )
+    assert isinstance(source, AsteriskLiveSource)
     events = Events(source.live())  # fmt: skip
     try:
         snap = await events.next()

@@ -8,8 +8,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from cdrstats_agent.plugin import Source, discover
-from cdrstats_asterisk.plugin import SAMPLE_CONFIG, SAMPLES, AsteriskPlugin, AsteriskSource
+from cdrstats_agent.plugin import Source, discover, supports_live
+from cdrstats_asterisk.plugin import (
+    SAMPLE_CONFIG,
+    SAMPLES,
+    AsteriskLiveSource,
+    AsteriskPlugin,
+    AsteriskSource,
+)
 from cdrstats_asterisk.table import TableSource
 
 
@@ -56,6 +62,9 @@ def test_ami_block_gives_a_live_source_without_native_actions() -> None:
         {"store": "csv", "path": "/nonexistent/Master.csv",
          "ami": {"username": "cdrstats", "secret": "s", "port": 5039}},
     )  # fmt: skip
-    assert isinstance(source, AsteriskSource)
-    assert source.ami is not None and source.ami.port == 5039
+    assert isinstance(source, AsteriskLiveSource)
+    assert source.ami.port == 5039
     assert source.actions() == {}  # block_ip: the agent's firewall backend
+    without = AsteriskPlugin().create_source("pbx", {"store": "csv"})
+    assert isinstance(without, AsteriskSource) and not supports_live(without)
+    assert supports_live(source)
