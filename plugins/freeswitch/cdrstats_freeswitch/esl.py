@@ -220,7 +220,7 @@ class _Session:
                 raise EslAuthError(str(exc)) from None
             except gevent.Timeout:
                 raise ConnectionError(
-                    f"no auth/request within {s.connect_timeout_s + s.command_timeout_s:.0f} s"
+                    f"no auth/request within {s.connect_timeout_s + s.command_timeout_s:g} s"
                 ) from None
             for name in EVENTS[:-1]:
                 conn.register_handle(name, on_event)
