@@ -13,7 +13,7 @@ from typing import Any
 from uuid import UUID
 
 import psycopg
-from cdrstats_collector import auth, enroll, tenants
+from cdrstats_collector import auth, enroll, live, tenants
 from cdrstats_collector.state import get_state
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -28,7 +28,7 @@ MAX_TTL_HOURS = 24 * 30
 
 _AGENTS = """
 SELECT a.id, s.name, a.hostname, a.version, a.enrolled_at, a.revoked_at, a.last_seen_at,
-       a.last_seq
+       a.last_seq, a.switch_id
 FROM agent a JOIN switch s ON s.id = a.switch_id
 WHERE a.tenant_id = %s ORDER BY a.revoked_at IS NOT NULL, s.name, a.enrolled_at
 """
@@ -47,8 +47,11 @@ def _status(revoked: datetime | None, seen: datetime | None, now: datetime) -> s
 
 
 async def _agents(request: Request, tenant_id: int) -> list[dict[str, Any]]:
-    async with get_state(request).pool.connection() as conn:
+    pool = get_state(request).pool
+    async with pool.connection() as conn:
         rows = await (await conn.execute(_AGENTS, (tenant_id,))).fetchall()
+    async with auth.tenant_connection(pool, tenant_id) as conn:
+        counts = await live.live_counts(conn, tenant_id)
     now = datetime.now(UTC)
     return [
         {
@@ -60,6 +63,7 @@ async def _agents(request: Request, tenant_id: int) -> list[dict[str, Any]]:
             "revoked": r[5],
             "last_seen": r[6],
             "last_seq": r[7],
+            "live_calls": counts.get(int(r[8])),
             "status": _status(r[5], r[6], now),
         }
         for r in rows
