@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cdrstats_agent.errors import SourceError
 from cdrstats_agent.model import Disposition
-from freeswitch_testkit import REFERENCE, Reader, call_variables, make_source
+from freeswitch_testkit import REFERENCE, Reader, call_variables, make_source, render
 
 COLUMNS = (
     "caller_id_name",
@@ -225,3 +225,42 @@ async def test_check_names_the_problem(tmp_path: Path) -> None:
             await reader.take(1)
         finally:
             await reader.close()
+
+
+MODULE_TABLE = """CREATE TABLE cdr (
+    caller_id_name VARCHAR, caller_id_number VARCHAR, destination_number VARCHAR,
+    context VARCHAR, start_stamp DATETIME, answer_stamp DATETIME, end_stamp DATETIME,
+    duration INTEGER, billsec INTEGER, hangup_cause VARCHAR, uuid VARCHAR, bleg_uuid VARCHAR,
+    account_code VARCHAR)"""
+"""The table mod_cdr_sqlite creates when it finds none (its default_create_sql)."""
+
+MODULE_TEMPLATE = (
+    '"${caller_id_name}","${caller_id_number}","${destination_number}","${context}",'
+    '"${start_stamp}","${answer_stamp}","${end_stamp}",${duration},${billsec},'
+    '"${hangup_cause}","${uuid}","${bleg_uuid}","${accountcode}"'
+)
+"""mod_cdr_sqlite's built-in template: the module runs `INSERT INTO cdr VALUES (<expanded>)`,
+so the values are double-quoted SQL tokens (SQLite takes them as strings)."""
+
+
+async def test_rows_exactly_as_the_module_inserts_them(tmp_path: Path) -> None:
+    db = tmp_path / "cdr.db"
+    conn = sqlite3.connect(db)
+    conn.execute(MODULE_TABLE)
+    for n in range(4):
+        v = call_variables(n, answered=n != 2)
+        conn.execute(f"INSERT INTO cdr VALUES ({render(MODULE_TEMPLATE, v)})")
+    conn.commit()
+    conn.close()
+    reader = Reader(make_source({**OPTS, "path": str(db)}))
+    try:
+        cdrs = await reader.take(4)
+        assert [c.key for c in cdrs] == keys(range(4))
+        unanswered = cdrs[2]
+        v = call_variables(2, answered=False)
+        assert unanswered.answer is None and unanswered.disposition is Disposition.NO_ANSWER
+        assert unanswered.hangup_cause == 19 and unanswered.duration == int(v["duration"])
+        assert cdrs[0].accountcode == "acct0" and cdrs[0].billsec == 30
+        assert cdrs[0].start.timestamp() == int(call_variables(0)["start_epoch"])
+    finally:
+        await reader.close()
