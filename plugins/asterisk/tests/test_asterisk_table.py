@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +227,34 @@ async def test_mysql_a_row_from_the_future_does_not_move_the_window(
     mysql.insert([row("ok.2", sequence=2)])  # a normal row, far below 2099
     second = await drain(source, first.checkpoint, want=1)
     assert [c.key for c in second.cdrs] == ["ok.2:2"] and second.rejected == []
+
+
+async def test_mysql_connection_killed_mid_read_then_resumed(mysql: MySQLDatabase) -> None:
+    """The server drops the reader's connection: read() raises (the agent restarts the
+    source from its last committed checkpoint) and the resumed reader misses nothing."""
+    create_reference_mysql_cdr(mysql)
+    t0 = datetime(2026, 3, 2, 10, 1, 5)
+    mysql.insert([row(f"kill.{i}", sequence=i, end=str(t0 + timedelta(seconds=i)),
+                      duration=65 + i, billsec=60 + i) for i in range(200)])  # fmt: skip
+    source = make_source(mysql.options(timezone="UTC", chunk_cdrs=20))
+    agen = source.read(None)
+    results = [await anext(agen), await anext(agen)]
+    with contextlib.closing(mysql.connect()) as admin, admin.cursor() as cur:
+        cur.execute(
+            "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = %s AND ID <> CONNECTION_ID()",
+            (mysql.name,),
+        )
+        for (pid,) in cur.fetchall():
+            cur.execute(f"KILL {int(pid)}")
+    with pytest.raises(pymysql.err.MySQLError):
+        while True:
+            results.append(await anext(agen))
+    await agen.aclose()
+    got = [c.key for r in results for c in r.cdrs]
+    rest = await drain(source, results[-1].checkpoint, want=200 - len(got))
+    assert not rest.rejected and not [x for r in results for x in r.rejected]
+    keys = got + [c.key for c in rest.cdrs]
+    assert sorted(keys) == sorted(f"kill.{i}:{i}" for i in range(200))
 
 
 # --- PostgreSQL ------------------------------------------------------------------------
