@@ -219,6 +219,12 @@ def _esl(opts: Options) -> EslSettings | None:
         backoff_max_s=esl.number("backoff_max_s", 30.0, minimum=0.05),
     )
     esl.finish()
+    if ":" in settings.host:
+        raise ConfigError(
+            "esl.host",
+            f"must be an IPv4 address or a host name, got {settings.host!r}",
+            hint="greenswitch connects over IPv4 only; FreeSWITCH's listen-ip :: accepts IPv4",
+        )
     if settings.port > 65535:
         raise ConfigError("esl.port", f"must be a TCP port, got {settings.port}")
     return settings

@@ -86,6 +86,7 @@ def test_no_native_block_action() -> None:
         ({"store": "csv", "esl": {"pasword": "x"}}, "esl.pasword", "not a known option"),
         ({"store": "csv", "esl": {"port": "8021"}}, "esl.port", "an integer"),
         ({"store": "csv", "esl": "127.0.0.1"}, "esl", "a table"),
+        ({"store": "csv", "esl": {"host": "::1"}}, "esl.host", "IPv4"),
     ],
 )
 def test_option_errors_name_the_key(table: dict[str, object], key: str, problem: str) -> None:
