@@ -249,7 +249,7 @@ async def test_mysql_connection_killed_mid_read_then_resumed(mysql: MySQLDatabas
     with pytest.raises(pymysql.err.MySQLError):
         while True:
             results.append(await anext(agen))
-    await agen.aclose()
+    await source.close()
     got = [c.key for r in results for c in r.cdrs]
     rest = await drain(source, results[-1].checkpoint, want=200 - len(got))
     assert not rest.rejected and not [x for r in results for x in r.rejected]
