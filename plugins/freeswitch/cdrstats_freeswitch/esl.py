@@ -218,6 +218,13 @@ class _Session:
                     conn.connect()
             except ValueError as exc:  # greenswitch: 'Invalid password.'
                 raise EslAuthError(str(exc)) from None
+            except greenswitch.esl.NotConnectedError as exc:
+                if "Server closed connection" in str(exc):  # text/rude-rejection, or EOF
+                    raise ConnectionError(
+                        "the switch closed the connection before asking for the password "
+                        "(its apply-inbound-acl refuses this address?)"
+                    ) from None
+                raise
             except gevent.Timeout:
                 raise ConnectionError(
                     f"no auth/request within {s.connect_timeout_s + s.command_timeout_s:g} s"

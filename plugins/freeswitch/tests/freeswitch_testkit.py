@@ -189,8 +189,10 @@ class EslPeer:
     `show calls as json` reports; `mute` makes it stop answering (but keep the socket).
     """
 
-    def __init__(self, password: str = "ClueCon", port: int = 0) -> None:
+    def __init__(self, password: str = "ClueCon", port: int = 0, rude: bool = False) -> None:
         self.password = password
+        self.rude = rude
+        """Refuse every connection as an `apply-inbound-acl` does (`text/rude-rejection`)."""
         self.calls: list[dict[str, str]] = []
         self.mute = threading.Event()
         self.commands: list[str] = []
@@ -267,6 +269,17 @@ class EslPeer:
                 client.close()
 
     def _converse(self, client: socket.socket) -> None:
+        if self.rude:
+            body = b"Access Denied, go away.\n"
+            with contextlib.suppress(OSError):
+                client.sendall(
+                    b"Content-Type: text/rude-rejection\nContent-Length: "
+                    + str(len(body)).encode()
+                    + b"\n\n"
+                    + body
+                )
+                client.shutdown(socket.SHUT_RDWR)
+            return
         with contextlib.suppress(OSError):
             client.sendall(b"Content-Type: auth/request\n\n")
             buffer = b""

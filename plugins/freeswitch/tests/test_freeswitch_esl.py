@@ -225,3 +225,16 @@ async def test_a_peer_that_never_sends_auth_request() -> None:
             await task
         await events.aclose()
         silent.close()
+
+
+async def test_an_acl_rejection_is_named() -> None:
+    peer = EslPeer(rude=True)
+    live = Live(peer)
+    try:
+        await wait_until(
+            lambda: "apply-inbound-acl" in (live.esl.last_error or ""), 10, "the rejection"
+        )
+        assert not live.events and peer.auth_attempts == 0
+    finally:
+        await live.close()
+        peer.stop()
