@@ -37,8 +37,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py $(BENCH_ARGS)
 
-# .deb and .rpm of the agent in dist/ (docs/packaging.md); PACKAGE_ARGS="--release 2" etc.
-packages: $(STAMP)
+# Agent .deb/.rpm and collector .deb in dist/ (docs/packaging.md); PACKAGE_ARGS="--release 2"
+packages: $(STAMP) $(ASSETS)
 	$(BIN)/python packaging/build.py $(PACKAGE_ARGS)
 
 clean:

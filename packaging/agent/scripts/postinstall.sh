@@ -11,8 +11,8 @@ esac
 
 # The state directory (spool, key, identity): the agent's alone.
 install -d -m 0700 -o cdrstats-agent -g cdrstats-agent /var/lib/cdrstats-agent
-# The configuration may hold database passwords: readable by the agent's group only.
-install -d -m 0750 -o root -g cdrstats-agent /etc/cdrstats
+# The configuration may hold database passwords: readable by the agent's group only (the
+# directory stays 0755: the collector's package keeps its own file there).
 if [ -f /etc/cdrstats/agent.toml ]; then
     chgrp cdrstats-agent /etc/cdrstats/agent.toml
     chmod 0640 /etc/cdrstats/agent.toml
