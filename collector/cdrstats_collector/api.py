@@ -89,6 +89,10 @@ async def _scoped(state: CollectorState, tenant_id: int) -> AsyncIterator[Conn]:
         yield conn
 
 
+NO_STORE = {"Cache-Control": "private, no-store"}
+"""One tenant's data: never kept by a cache, not even the browser's."""
+
+
 def _error(exc: HTTPException) -> Response:
     extra: dict[str, Any] = {}
     if isinstance(exc, ParamError):
@@ -118,7 +122,7 @@ def _view(ep: Endpoint) -> Callable[[Request], Awaitable[Response]]:
             return replies.unavailable("PostgreSQL is unavailable, try again shortly")
         if isinstance(result, Response):
             return result
-        return JSONResponse(result)
+        return JSONResponse(result, headers=NO_STORE)
 
     return view
 
@@ -198,7 +202,7 @@ def _export(fmt: str) -> Handler:
         stamp = ctx.today.strftime("%Y%m%d")
         headers = {
             "Content-Disposition": f'attachment; filename="cdrs-{ctx.tenant_id}-{stamp}.{fmt}"',
-            "Cache-Control": "no-store",
+            **NO_STORE,
         }
         pool = ctx.state.pool
         if fmt == "csv":

@@ -68,6 +68,7 @@ def test_tenant_user_cannot_name_another_tenant(
     params = _params(ep)
     ok = api_server.get(path, s.tokens["a_viewer"], **params)
     assert ok.status_code == 200, ok.text
+    assert ok.headers["cache-control"] == "private, no-store"
     own = api_server.get(path, s.tokens["a_viewer"], tenant=s.tenant_a, **params)
     assert own.status_code == 200 and own.content == ok.content
     for other in (s.tenant_b, 999_999):
