@@ -263,3 +263,33 @@ def test_period_errors_name_the_parameter(api_server: ApiServer) -> None:  # noq
         r = api_server.get(path, token, **params)
         assert r.status_code == 422, (path, params, r.text)
         assert r.json()["param"] == name, (path, params, r.text)
+
+
+def test_reports_answer_from_the_aggregates_alone(database_url: str, tmp_path: Any) -> None:
+    """With the raw CDRs gone (as after retention), every report still gives its figures."""
+    from collector_api_testkit import seed_two_tenants
+
+    from tests.fix_db import CollectorServer
+
+    seed = seed_two_tenants(database_url, per_switch=30)
+    server = CollectorServer(database_url, tmp_path / "collector", log_level="info")
+    server.start()
+    try:
+        api = ApiServer(server.url, database_url, seed)
+        period = {"from": "2026-03-01", "to": "2026-04-30"}
+        paths = [
+            ("/api/v1/reports/dashboard", period),
+            ("/api/v1/reports/series", {"granularity": "day", **period}),
+            ("/api/v1/reports/compare", {"day": "2026-03-10", "weeks": 1}),
+            ("/api/v1/reports/top", {"by": "destination", **period}),
+            ("/api/v1/reports/breakdown", {"by": "trunk", **period}),
+        ]
+        before = [_get(api, path, **params) for path, params in paths]
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            assert conn.execute("DELETE FROM cdr").rowcount == 75  # 30 + 15 (A), 30 (B)
+        after = [_get(api, path, **params) for path, params in paths]
+        assert after == before
+        assert before[0]["current"]["calls"] == 45
+        assert _get(api, "/api/v1/cdrs")["items"] == []  # search does read cdr
+    finally:
+        server.stop()
