@@ -240,3 +240,25 @@ async def test_principal_from_token_or_session(database_url: str) -> None:
             assert (await client.get("/admin")).json() == "root"
             await client.get("/login", params={"id": 999_999})
             assert (await client.get("/whoami")).json() is None
+
+
+def test_read_api_is_503_while_postgresql_is_unreachable(tmp_path: Any) -> None:
+    import httpx
+
+    from tests.fix_db import CollectorServer, free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/nothing"
+    server = CollectorServer(dead, tmp_path / "collector", pool_timeout=0.5, log_level="info")
+    server.start(wait_healthy=False)
+    try:
+        r = httpx.get(
+            server.url + "/api/v1/reports/dashboard",
+            headers={"Authorization": "Bearer cdrs_api_whatever"},
+            timeout=30,
+        )
+        assert r.status_code == 503 and "Retry-After" in r.headers, r.text
+        assert "PostgreSQL" in r.json()["error"]
+        # the schema is served without the database
+        assert httpx.get(server.url + "/api/v1/openapi.json", timeout=30).status_code == 200
+    finally:
+        server.stop()
