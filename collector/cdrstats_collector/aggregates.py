@@ -369,29 +369,43 @@ GROUP BY {", ".join(f"{i}" for i in range(1, 13))}
 """
 
 _MINUTE_NO = "floor(extract(epoch FROM {}) / 60)::int8"
+# Calls in progress per minute by a sweep: +1 at a call's first minute, -1 after its last,
+# a running sum per switch (and per tenant, as switch 0), each value spread over the minutes
+# until the next change. Costs O(calls) plus the minutes that had calls, however long the
+# calls are (generating every minute of every call would cost calls x minutes).
 _CONC_MINUTES = f"""
 INSERT INTO agg_conc_minute (tenant_id, switch_id, minute, calls)
-SELECT %(tenant)s, coalesce(switch_id, 0), to_timestamp(m * 60), count(*)
+SELECT %(tenant)s, sw, to_timestamp(g * 60), c
 FROM (
-    SELECT switch_id,
-           generate_series(greatest(first, %(m0n)s), least(last, %(m1n)s - 1)) AS m
+    SELECT sw, m, sum(d) OVER w AS c, lead(m) OVER w AS next_m
     FROM (
-        SELECT switch_id, first,
-               least(greatest(first, floor(
-                   (extract(epoch FROM coalesce(end_time,
-                        start_time + duration * interval '1 second')) * 1000000 - 1)
-                   / 60000000)::int8), first + {MAX_SPAN_MINUTES - 1}) AS last
+        SELECT sw, m, sum(d) AS d
         FROM (
-            SELECT switch_id, end_time, start_time, duration,
-                   {_MINUTE_NO.format("start_time")} AS first
-            FROM cdr
-            WHERE tenant_id = %(tenant)s
-              AND start_time >= %(m0)s - interval '{MAX_SPAN_MINUTES} minutes'
-              AND start_time < %(m1)s
-        ) a
-    ) b
-) c
-GROUP BY GROUPING SETS ((switch_id, m), (m))
+            SELECT s.sw, e.m, e.d
+            FROM (
+                SELECT switch_id, first,
+                       least(greatest(first, floor(
+                           (extract(epoch FROM coalesce(end_time,
+                                start_time + duration * interval '1 second')) * 1000000 - 1)
+                           / 60000000)::int8), first + {MAX_SPAN_MINUTES - 1}) AS last
+                FROM (
+                    SELECT switch_id, end_time, start_time, duration,
+                           {_MINUTE_NO.format("start_time")} AS first
+                    FROM cdr
+                    WHERE tenant_id = %(tenant)s
+                      AND start_time >= %(m0)s - interval '{MAX_SPAN_MINUTES} minutes'
+                      AND start_time < %(m1)s
+                ) a
+            ) calls
+            CROSS JOIN LATERAL (VALUES (calls.first, 1), (calls.last + 1, -1)) AS e(m, d)
+            CROSS JOIN LATERAL (VALUES (calls.switch_id), (0::int8)) AS s(sw)
+        ) events
+        GROUP BY sw, m
+    ) changes
+    WINDOW w AS (PARTITION BY sw ORDER BY m)
+) runs
+CROSS JOIN LATERAL generate_series(greatest(m, %(m0n)s), least(next_m, %(m1n)s) - 1) AS g
+WHERE c > 0
 """
 
 _CONC_HOURS = """
