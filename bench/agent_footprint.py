@@ -2,6 +2,7 @@
 one core).
 
     .venv/bin/python bench/agent_footprint.py [--quick] [--seconds 60] [--database-url URL]
+        [--packaged /opt/cdrstats-agent]     # the installed .deb's agent on /usr/bin/python3
 
 The agent runs as its own process (what `cdrstats-agent run` runs: config, runner, spool,
 uplink, live channel) with two sources:
@@ -35,7 +36,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if "--tree" in sys.argv:  # the child of --packaged: the installed package's libraries only
+    sys.path.insert(0, sys.argv[sys.argv.index("--tree") + 1])
+else:
+    sys.path.insert(0, str(ROOT))
 
 from cdrstats_agent.config import load_config  # noqa: E402
 from cdrstats_agent.identity import enroll  # noqa: E402
@@ -137,7 +141,14 @@ def main() -> int:
     parser.add_argument(
         "--database-url", default=os.environ.get("CDRSTATS_BENCH_DATABASE_URL"), help="admin URL"
     )
+    parser.add_argument(
+        "--packaged",
+        metavar="OPT",
+        help="run the agent from an installed package tree (/opt/cdrstats-agent) with"
+        " /usr/bin/python3, instead of the dev venv",
+    )
     parser.add_argument("--child", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--tree", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(args.child)
@@ -172,8 +183,14 @@ def main() -> int:
         token = server.create_token("acme", "pbx-footprint")
         asyncio.run(enroll(work / "state", server.url, token))
         log = (work / "agent.log").open("wb")
-        proc = subprocess.Popen([sys.executable, __file__, "--child", str(config)],
-                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        command = [sys.executable, __file__, "--child", str(config)]
+        if args.packaged:
+            python = Path("/usr/bin/python3").resolve()
+            tree = Path(args.packaged) / "lib" / python.name
+            if not tree.is_dir():
+                raise SystemExit(f"{tree}: no library tree for {python}")
+            command = [str(python), "-I", __file__, "--child", str(config), "--tree", str(tree)]
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         agent = psutil.Process(proc.pid)
         per_tick = int(CDR_PER_S * TICK_S)
         started = time.monotonic()
@@ -220,6 +237,7 @@ def main() -> int:
         shutil.rmtree(work, ignore_errors=True)
     result = {
         "bench": "agent_footprint",
+        "agent": f"package {args.packaged}" if args.packaged else "dev venv",
         "seconds": seconds,
         "rss_mb": round(max(rss), 1),
         "rss_mb_last": round(rss[-1], 1),
