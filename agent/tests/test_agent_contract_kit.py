@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import types
 from collections.abc import AsyncIterator, Mapping
@@ -199,3 +200,31 @@ def test_kit_checks_live_events(tmp_path: Path) -> None:
     with pytest.raises(AssertionError, match="the first live event is a snapshot"):
         (tmp_path / "x").mkdir()
         contract(broken(RudeLiveSource)).test_contract_live_events(tmp_path / "x")
+
+
+class NoLiveSource(LINES.LinesSource):  # type: ignore[name-defined,misc]
+    """Has live() but no live calls as configured: it ends at once (docs/plugins.md)."""
+
+    async def live(self) -> AsyncIterator[LiveEvent]:
+        return
+        yield  # an async generator that yields nothing
+
+
+class SilentLiveSource(LINES.LinesSource):  # type: ignore[name-defined,misc]
+    """Has live() that never sends anything: not even the first snapshot."""
+
+    async def live(self) -> AsyncIterator[LiveEvent]:
+        await asyncio.sleep(3600)
+        yield LiveEvent("snapshot", at=1.0)
+
+
+def test_kit_live_without_live_calls_configured_is_skipped(tmp_path: Path) -> None:
+    with pytest.raises(pytest.skip.Exception, match="ended at once without events"):
+        contract(broken(NoLiveSource)).test_contract_live_events(tmp_path)
+
+
+def test_kit_live_that_says_nothing_fails(tmp_path: Path) -> None:
+    kit = contract(broken(SilentLiveSource))
+    kit.live_timeout = 0.5  # type: ignore[misc]
+    with pytest.raises(AssertionError, match="live\\(\\) yielded nothing"):
+        kit.test_contract_live_events(tmp_path)

@@ -7,6 +7,7 @@
         def options(self) -> dict: ...               # the [[source]] options reading that store
         def append(self, n: int) -> list[str]: ...   # n good records; returns their keys
         def append_bad(self) -> None: ...            # one record the plugin must reject
+        def live_options(self) -> dict: ...          # optional: a source with live calls
 
     class TestLinesContract(SourceContract):
         plugin = LinesPlugin()
