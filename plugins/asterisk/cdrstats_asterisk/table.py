@@ -117,6 +117,10 @@ class Dialect:
     def end_stream(self, db: Any, cur: Cursor) -> None:
         cur.close()
 
+    def indexed(self, db: Any, table: str, column: str) -> bool | None:
+        """Whether an index starts with `column` (None: cannot tell)."""
+        return None
+
     def scalar(self, db: Any, sql: str) -> Any:
         cur = db.cursor()
         try:
@@ -164,6 +168,19 @@ class MySQLDialect(Dialect):
 
     def quote(self, name: str) -> str:
         return ".".join(f"`{part}`" for part in name.split("."))
+
+    def indexed(self, db: Any, table: str, column: str) -> bool | None:
+        cur = db.cursor()
+        try:
+            cur.execute(
+                "SELECT COUNT(*) FROM information_schema.STATISTICS WHERE TABLE_SCHEMA ="
+                " DATABASE() AND TABLE_NAME = %s AND COLUMN_NAME = %s AND SEQ_IN_INDEX = 1",
+                (table.split(".")[-1], column),
+            )
+            row = cur.fetchone()
+            return bool(row and int(row[0]))
+        finally:
+            cur.close()
 
     def stream(self, db: Any, sql: str, params: tuple[Any, ...]) -> tuple[Cursor, list[str]]:
         import pymysql.cursors
@@ -215,6 +232,20 @@ class PostgresDialect(Dialect):
         value = super().scalar(db, sql)
         db.commit()
         return value
+
+    def indexed(self, db: Any, table: str, column: str) -> bool | None:
+        cur = db.cursor()
+        try:
+            cur.execute(
+                "SELECT count(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
+                " AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(%s) AND a.attname = %s",
+                (table, column),
+            )
+            row = cur.fetchone()
+            return bool(row and int(row[0]))
+        finally:
+            cur.close()
+            db.commit()
 
 
 class SQLiteDialect(Dialect):
@@ -367,6 +398,17 @@ class TableSource:
             except Exception as exc:
                 raise SourceError(f"{self.conn.describe()}: {_error_text(exc)}") from None
             self._mapping_for(names)
+            lowered = [n.lower() for n in names]
+            column = names[lowered.index(self.cursor_column.split(".")[-1].lower())]
+            if self.kind == "time" and self.dialect.indexed(db, self.conn.table, column) is False:
+                log.warning(
+                    "cursor_not_indexed",
+                    source=self.name,
+                    table=self.conn.table,
+                    column=column,
+                    hint=f"every poll scans the table: CREATE INDEX cdr_{column} ON "
+                    f"{self.conn.table} ({self.dialect.quote(column)}), or use id_column",
+                )
         finally:
             db.close()
 

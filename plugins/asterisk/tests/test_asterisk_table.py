@@ -7,6 +7,7 @@ cdr_sqlite3_custom creates, and the legacy cdr_mysql table.
 from __future__ import annotations
 
 import contextlib
+import logging
 import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -257,6 +258,25 @@ async def test_mysql_connection_killed_mid_read_then_resumed(mysql: MySQLDatabas
     assert sorted(keys) == sorted(f"kill.{i}:{i}" for i in range(200))
 
 
+def _warned(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.__dict__["cdrstats_fields"]["hint"] for r in caplog.records
+            if r.getMessage() == "cursor_not_indexed"]  # fmt: skip
+
+
+async def test_mysql_check_warns_when_the_cursor_has_no_index(
+    mysql: MySQLDatabase, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cdrstats.plugins.asterisk")
+    create_reference_mysql_cdr(mysql)
+    await make_source(mysql.options()).check()
+    (hint,) = _warned(caplog)
+    assert "CREATE INDEX cdr_end ON cdr (`end`)" in hint
+    caplog.clear()
+    mysql.execute("CREATE INDEX cdr_end ON cdr (`end`)")
+    await make_source(mysql.options()).check()
+    assert _warned(caplog) == []
+
+
 # --- PostgreSQL ------------------------------------------------------------------------
 
 
@@ -313,6 +333,20 @@ async def test_pgsql_local_time_across_the_end_of_dst(pg_url: str) -> None:
     assert sorted(c.end for c in second.cdrs if c.end) == [
         utc(2026, 10, 25, 1, 5), utc(2026, 10, 25, 1, 30),
     ]  # fmt: skip
+
+
+async def test_pgsql_check_warns_when_the_cursor_has_no_index(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="cdrstats.plugins.asterisk")
+    await make_source({"store": "pgsql", "conninfo": pg_url}).check()
+    (hint,) = _warned(caplog)
+    assert 'CREATE INDEX cdr_end ON cdr ("end")' in hint
+    caplog.clear()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute('CREATE INDEX cdr_end ON cdr ("end")')
+    await make_source({"store": "pgsql", "conninfo": pg_url}).check()
+    assert _warned(caplog) == []
 
 
 async def test_pgsql_failures_are_clear(pg_admin_url: str) -> None:
