@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import live, maintenance, metrics, replies, retention
+from . import commands, live, maintenance, metrics, replies, retention
 from .agents import AgentDirectory
 from .api import routes as read_api_routes
 from .enroll import enroll_endpoint, status_endpoint
@@ -105,6 +105,7 @@ def create_app(settings: Settings) -> Starlette:
             yield
         finally:
             await console.broker.close()
+            await commands.close(app)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
@@ -123,6 +124,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/healthz", healthz, methods=["GET"]),
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *read_api_routes(),  # the read API: reports, CDR search, exports, OpenAPI
+        *commands.routes(),  # remote actions: agents' long poll and results, block/unblock
         # The web console (cdrstats_web): pages, static assets, SSE; serves "/" and below.
         console.mount(),
     ]

@@ -14,6 +14,9 @@
     cdrstats user passwd USERNAME [--password P]
     cdrstats agent-token create --tenant T --switch NAME [--ttl HOURS] [--url URL]
     cdrstats api-token create --user NAME [--label TEXT] [--ttl-days DAYS]
+    cdrstats block IP --switch NAME --tenant T [--ttl 1h] [--dry-run]
+    cdrstats unblock IP --switch NAME --tenant T [--dry-run]
+    cdrstats blocks --tenant T [--commands]
 
 Every command takes --database-url (else $CDRSTATS_DATABASE_URL, else [database] url in
 /etc/cdrstats/collector.toml or the --config file) and --embedded [DIR] (an embedded
@@ -39,6 +42,7 @@ from cdrstats_agent.errors import ConfigError
 from . import (
     aggregates,
     auth,
+    commands,
     dialplan,
     embedded,
     enroll,
@@ -297,6 +301,82 @@ def cmd_api_token_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _block_command(args: argparse.Namespace, verb: str) -> int:
+    import getpass
+
+    cfg = _settings(args)
+    block_args: dict[str, Any] = {"ip": args.ip, "dry_run": args.dry_run}
+    if verb == "block_ip":
+        block_args["ttl"] = args.ttl
+
+    async def run() -> commands.CommandRow:
+        async with await psycopg.AsyncConnection.connect(
+            cfg.database_url, autocommit=True, connect_timeout=10
+        ) as conn:
+            tid = await _tenant_id(conn, args.tenant)
+            return await commands.create_command(
+                conn,
+                tenant_id=tid,
+                switch=args.switch,
+                verb=verb,
+                args=block_args,
+                issued_by=f"cli:{getpass.getuser()}",
+                own_addresses=lambda: commands.collector_addresses([cfg.url]),
+            )
+
+    row = asyncio.run(run())
+    what = "block" if verb == "block_ip" else "unblock"
+    extra = f" for {row.args['ttl']} s" if "ttl" in row.args else ""
+    dry = " (dry run)" if row.args.get("dry_run") else ""
+    print(
+        f"{what} of {row.args['ip']} on switch {args.switch!r}{extra} queued{dry}:"
+        f" command {row.id} (seq {row.seq})"
+    )
+    return 0
+
+
+async def _tenant_id(conn: psycopg.AsyncConnection[Any], name: str) -> int:
+    cur = await conn.execute("SELECT id FROM tenant WHERE name = %s", (name,))
+    row = await cur.fetchone()
+    if row is None:
+        raise tenants.UnknownTenant(name)
+    return int(row[0])
+
+
+def cmd_block(args: argparse.Namespace) -> int:
+    return _block_command(args, "block_ip")
+
+
+def cmd_unblock(args: argparse.Namespace) -> int:
+    return _block_command(args, "unblock_ip")
+
+
+def cmd_blocks(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+
+    async def run() -> tuple[list[dict[str, Any]], list[commands.CommandRow]]:
+        async with await psycopg.AsyncConnection.connect(
+            cfg.database_url, autocommit=True, connect_timeout=10
+        ) as conn:
+            tid = await _tenant_id(conn, args.tenant)
+            blocks = await commands.active_blocks(conn, tid)
+            rows = await commands.list_commands(conn, tid) if args.commands else []
+            return blocks, rows
+
+    blocks, rows = asyncio.run(run())
+    for b in blocks:
+        print(f"{b['switch']}\t{b['ip']}\tuntil {b['expires_at']}\tby {b['issued_by']}")
+    if not blocks:
+        print("no active blocks")
+    for r in rows:
+        doc = r.to_json()
+        print(
+            f"{doc['issued_at']}\t{doc['switch']}\t{doc['verb']}\t{doc['args'].get('ip')}"
+            f"\t{doc['status']}\t{doc['issued_by']}\t{doc['result'] or ''}"
+        )
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -407,6 +487,25 @@ def build_parser() -> argparse.ArgumentParser:
     acreate.add_argument("--user", required=True, help="the console user the token acts as")
     acreate.add_argument("--label", default="", help="a note to recognise the token by")
     acreate.add_argument("--ttl-days", type=float, help="lifetime in days (default: no expiry)")
+
+    block = command(sub, "block", cmd_block, "block an IP address on a switch (remote action)")
+    block.add_argument("ip")
+    block.add_argument("--switch", required=True, help="switch name")
+    block.add_argument("--tenant", required=True)
+    block.add_argument("--ttl", default="1h", help="how long: seconds, or 15m, 1h, 7d (default 1h)")
+    block.add_argument(
+        "--dry-run", action="store_true", help="the agent checks but changes nothing"
+    )
+    unblock = command(sub, "unblock", cmd_unblock, "unblock an IP address on a switch")
+    unblock.add_argument("ip")
+    unblock.add_argument("--switch", required=True, help="switch name")
+    unblock.add_argument("--tenant", required=True)
+    unblock.add_argument(
+        "--dry-run", action="store_true", help="the agent checks but changes nothing"
+    )
+    blocks = command(sub, "blocks", cmd_blocks, "active blocks of a tenant (and recent commands)")
+    blocks.add_argument("--tenant", required=True)
+    blocks.add_argument("--commands", action="store_true", help="also list recent commands")
     return parser
 
 
@@ -419,7 +518,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, UsageError, tenants.InvalidArgument, embedded.EmbeddedUnavailable) as exc:
         print(f"cdrstats: {exc}", file=sys.stderr)
         return 2
-    except (tenants.AdminError, migrate.MigrationError) as exc:
+    except (tenants.AdminError, migrate.MigrationError, commands.CommandError) as exc:
         print(f"cdrstats: {exc}", file=sys.stderr)
         return 1
     except psycopg.OperationalError as exc:
