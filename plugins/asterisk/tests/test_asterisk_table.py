@@ -263,6 +263,26 @@ def _warned(caplog: pytest.LogCaptureFixture) -> list[str]:
             if r.getMessage() == "cursor_not_indexed"]  # fmt: skip
 
 
+async def test_mysql_unset_answer_written_as_a_zero_time(mysql: MySQLDatabase) -> None:
+    """An unanswered call whose answer column holds the epoch (in local time) or a zero date
+    instead of NULL is read as unanswered."""
+    create_reference_mysql_cdr(mysql)
+    mysql.insert([row("zero.1", sequence=1, answer="1970-01-01 01:00:00", billsec=0,
+                      disposition="NO ANSWER")])  # fmt: skip
+    with contextlib.closing(mysql.connect()) as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION sql_mode = ''")
+        cur.execute("INSERT INTO cdr (uniqueid, sequence, start, answer, end, duration, billsec,"
+                    " disposition) VALUES ('zero.2', 2, '2026-03-02 10:00:00',"
+                    " '0000-00-00 00:00:00', '2026-03-02 10:00:30', 30, 0, 'BUSY')")  # fmt: skip
+    got = await drain(make_source(mysql.options(timezone="Europe/Paris")), None, want=2)
+    assert not got.rejected
+    by_key = {c.key: c for c in got.cdrs}
+    assert by_key["zero.1:1"].answer is None
+    assert by_key["zero.1:1"].disposition is Disposition.NO_ANSWER
+    assert by_key["zero.2:2"].answer is None and by_key["zero.2:2"].ring_time == 30
+    assert by_key["zero.2:2"].disposition is Disposition.BUSY
+
+
 async def test_mysql_check_warns_when_the_cursor_has_no_index(
     mysql: MySQLDatabase, caplog: pytest.LogCaptureFixture
 ) -> None:
