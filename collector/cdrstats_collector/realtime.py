@@ -140,6 +140,7 @@ class Broker:
         self._listening = asyncio.Event()
         self.dropped = 0
         """Subscribers dropped for not reading (a counter for metrics and tests)."""
+        self._ending = False
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -156,6 +157,13 @@ class Broker:
         except TimeoutError:
             return False
         return True
+
+    def end_streams(self) -> None:
+        """Server shutdown: end every stream now and every later one at once (no waiting)."""
+        self._ending = True
+        for sub in list(self._subscribers):
+            sub.closed.set()
+        self._subscribers.clear()
 
     async def close(self) -> None:
         if self._task is not None:
@@ -175,8 +183,11 @@ class Broker:
 
     def subscribe(self, tenant_id: int | None, last_event_id: str | None = None) -> Subscriber:
         """A new subscriber; events missed since `last_event_id` are queued first."""
-        self.start()
         sub = Subscriber(tenant_id, asyncio.Queue(self.queue_size), self.heartbeat_s)
+        if self._ending:
+            sub.closed.set()
+            return sub
+        self.start()
         if last_event_id:
             missed = self._since(last_event_id)
             if missed is None:

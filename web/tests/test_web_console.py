@@ -450,3 +450,38 @@ def test_database_unreachable_pages_say_so(tmp_path: Path) -> None:
             assert c.get("/healthz").status_code == 503
     finally:
         server.stop()
+
+
+def test_open_streams_end_when_the_collector_stops(database_url: str, tmp_path: Path) -> None:
+    """SIGTERM ends the event streams cleanly, so the collector stops without waiting them
+    out (uvicorn would otherwise wait for its graceful-shutdown timeout, then cut them)."""
+    import signal
+    import threading
+
+    seed(database_url)
+    server = CollectorServer(database_url, tmp_path)
+    server.start()
+    try:
+        c = login(server.url, "victor")
+        outcome: list[str] = []
+        reader = SSEReader(c, "/t/1/events").__enter__()
+
+        def drain() -> None:
+            try:
+                reader.next_event()
+                outcome.append("event")
+            except AssertionError as exc:  # SSEReader: the response ended normally
+                outcome.append(str(exc))
+            except httpx.HTTPError as exc:  # the connection was cut
+                outcome.append(type(exc).__name__)
+
+        thread = threading.Thread(target=drain, daemon=True)
+        thread.start()
+        assert server.process is not None
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(30)  # uvicorn re-raises SIGTERM once stopped: exit status -15
+        thread.join(30)
+        reader.__exit__(None, None, None)
+        assert outcome == ["the stream ended"]
+    finally:
+        server.stop()

@@ -149,3 +149,15 @@ async def test_heartbeat_when_nothing_happens(database_url: str) -> None:
     broker.unsubscribe(sub)
     assert [e async for e in it] == []
     await broker.close()
+
+
+async def test_end_streams_closes_every_stream_and_later_ones(database_url: str) -> None:
+    broker = Broker(database_url)
+    a, b = broker.subscribe(1), broker.subscribe(None)
+    broker.end_streams()
+    assert a.closed.is_set() and b.closed.is_set() and broker.subscribers == 0
+    late = broker.subscribe(1)
+    assert late.closed.is_set() and [e async for e in late] == []
+    broker.publish("cdr", 1, {"tenant_id": 1})
+    assert late.queue.empty()
+    await broker.close()
