@@ -114,6 +114,11 @@ def test_dashboard_updates_live_without_reload(
             "document.getElementById('report-table').innerText.includes('NORMAL_CLEARING')"
         )
         _shot(page, "reports-desktop")
+        page.get_by_label("Report", exact=True).select_option("compare")
+        page.wait_for_function(
+            "document.getElementById('report-caption').textContent.includes('same weekday')"
+        )
+        assert page.locator("#report-table tbody tr").count() == 5  # the day and 4 weeks back
         page.goto(f"/t/{acme}/switches")
         _shot(page, "switches-desktop")
     finally:

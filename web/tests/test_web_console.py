@@ -485,3 +485,33 @@ def test_open_streams_end_when_the_collector_stops(database_url: str, tmp_path: 
         assert outcome == ["the stream ended"]
     finally:
         server.stop()
+
+
+def test_two_collectors_share_sessions_and_live_updates(database_url: str, tmp_path: Path) -> None:
+    """Behind a load balancer: a login on one process is valid on the other (the secret comes
+    from the shared database), and a batch ingested by one reaches streams on the other."""
+    seeded = seed(database_url)
+    acme = seeded.tenant_ids["acme"]
+    one = CollectorServer(database_url, tmp_path / "one")
+    two = CollectorServer(database_url, tmp_path / "two")
+    one.start()
+    two.start()
+    try:
+        c = login(one.url, "victor")
+        cookie = c.cookies["cdrstats_session"]
+        other = httpx.Client(base_url=two.url, timeout=10)
+        other.cookies.set("cdrstats_session", cookie)
+        assert other.get(f"/t/{acme}/").status_code == 200  # logged in on `two` as well
+        feed = Ingest(one, one.enroll("acme", "sw-lb"))
+        with (
+            SSEReader(other, f"/t/{acme}/events") as on_two,
+            SSEReader(c, f"/t/{acme}/events") as on_one,
+        ):
+            feed.send([cdr(1), cdr(2), cdr(3)])  # stored by process `one`
+            for stream in (on_two, on_one):
+                _id, name, data = stream.next_event()
+                assert (name, data["accepted"], data["tenant_id"]) == ("cdr", 3, acme)
+        other.close()
+    finally:
+        one.stop()
+        two.stop()
