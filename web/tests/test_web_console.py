@@ -515,3 +515,30 @@ def test_two_collectors_share_sessions_and_live_updates(database_url: str, tmp_p
     finally:
         one.stop()
         two.stop()
+
+
+def test_login_returns_to_the_page_asked_for_and_never_elsewhere(base: str, seeded: Seeded) -> None:
+    acme = seeded.tenant_ids["acme"]
+    with httpx.Client(base_url=base, timeout=10) as c:
+        asked = c.get(f"/t/{acme}/live?x=1")
+        assert asked.headers["location"] == f"/login?next=/t/{acme}/live%3Fx%3D1"
+        page = c.get(asked.headers["location"])
+        assert f'value="/t/{acme}/live?x=1"' in page.text
+        for target, expected in (
+            (f"/t/{acme}/live?x=1", f"/t/{acme}/live?x=1"),
+            ("//evil.example/", f"/t/{acme}/"),
+            ("https://evil.example/", f"/t/{acme}/"),
+            ("/\\\\evil.example/", f"/t/{acme}/"),
+        ):
+            c.cookies.clear()
+            token = csrf_of(c.get("/login").text)
+            r = c.post(
+                "/login",
+                data={
+                    "username": "victor",
+                    "password": PASSWORD,
+                    "next": target,
+                    "csrf_token": token,
+                },
+            )
+            assert r.status_code == 303 and r.headers["location"] == expected, target
