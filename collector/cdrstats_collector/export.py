@@ -166,42 +166,56 @@ _STATIC_PARTS = {
 }
 
 
-def _xml_cell(expr: sql.Composable, kind: str, escape: bool) -> sql.Composable:
-    """SQL producing one <c> element (an empty <c/> for NULL keeps the columns aligned)."""
-    if kind == "number":
-        body = sql.SQL("'<c><v>' || {} || '</v></c>'").format(expr)
-    elif kind == "time":
+_OPEN = {
+    "number": "<c><v>",
+    "time": '<c s="1"><v>',
+    "text": '<c t="inlineStr"><is><t>',
+}
+_CLOSE = {"number": "</v></c>", "time": "</v></c>", "text": "</t></is></c>"}
+
+
+def _xml_cell(expr: sql.Composable, kind: str, escape: bool) -> list[sql.Composable]:
+    """Three arguments of concat() giving one <c> element, or <c/> for a NULL (which keeps
+    the columns aligned): opening markup, value (NULL is '' in concat), closing markup."""
+    value: sql.Composable
+    if kind == "time":
         # Excel serial date of the local wall time: days since 1899-12-30 (float8, not numeric)
-        body = sql.SQL(
-            "'<c s=\"1\"><v>' || (date_part('epoch', {} AT TIME ZONE %(xlsx_tz)s)"
-            " / 86400.0 + 25569)::float8 || '</v></c>'"
+        value = sql.SQL(
+            "(date_part('epoch', {} AT TIME ZONE %(xlsx_tz)s) / 86400.0 + 25569)::float8"
         ).format(expr)
-    elif escape:
-        body = sql.SQL(
-            "'<c t=\"inlineStr\"><is><t>' || replace(replace(replace("
-            "translate({}, %(xlsx_ctl)s, ''), '&', '&amp;'), '<', '&lt;'), '>', '&gt;')"
-            " || '</t></is></c>'"
+    elif kind == "text" and escape:
+        value = sql.SQL(
+            "replace(replace(replace(translate({}, %(xlsx_ctl)s, ''), '&', '&amp;'),"
+            " '<', '&lt;'), '>', '&gt;')"
         ).format(expr)
     else:
-        body = sql.SQL("'<c t=\"inlineStr\"><is><t>' || {} || '</t></is></c>'").format(expr)
-    return sql.SQL("coalesce({}, '<c/>')").format(body)
+        value = expr
+    return [
+        sql.SQL("CASE WHEN {} IS NULL THEN '<c/>' ELSE {} END").format(
+            expr, sql.Literal(_OPEN[kind])
+        ),
+        value,
+        sql.SQL("CASE WHEN {} IS NULL THEN '' ELSE {} END").format(expr, sql.Literal(_CLOSE[kind])),
+    ]
 
 
 def _xml_row(switch: sql.Composable) -> sql.Composable:
-    """One <row> per CDR. Rows whose free-text fields hold nothing to escape (nearly all of
-    them) take the plain branch; the others are escaped field by field."""
+    """One <row> per CDR, built by a single concat() (a chain of || copies the growing row
+    once per piece). Rows whose free-text fields hold nothing to escape (nearly all of them)
+    take the plain branch; the others are escaped field by field."""
     free = [_expr(e, switch) for _, e, k in EXPORT_COLUMNS if k == "text" and e not in _SAFE_TEXT]
-    probe = sql.SQL(" || ").join(sql.SQL("coalesce({}, '')").format(e) for e in free)
+    probe = sql.SQL("concat({})").format(sql.SQL(", ").join(free))
 
-    def cells(escape: bool) -> sql.Composable:
-        return sql.SQL(" || ").join(
-            _xml_cell(_expr(e, switch), k, escape and e not in _SAFE_TEXT)
-            for _, e, k in EXPORT_COLUMNS
-        )
+    def row(escape: bool) -> sql.Composable:
+        parts: list[sql.Composable] = [sql.Literal("<row>")]
+        for _, e, k in EXPORT_COLUMNS:
+            parts += _xml_cell(_expr(e, switch), k, escape and e not in _SAFE_TEXT)
+        parts.append(sql.Literal("</row>"))
+        return sql.SQL("concat({})").format(sql.SQL(", ").join(parts))
 
-    return sql.SQL(
-        "'<row>' || CASE WHEN ({}) ~ %(xlsx_special)s THEN {} ELSE {} END || '</row>'"
-    ).format(probe, cells(True), cells(False))
+    return sql.SQL("CASE WHEN {} ~ %(xlsx_special)s THEN {} ELSE {} END").format(
+        probe, row(True), row(False)
+    )
 
 
 def _xml_escape(text: str) -> str:
