@@ -40,6 +40,7 @@ _Runner = Callable[..., "asyncio.Future[Any]"]
 """Runs a blocking call in the reader's worker thread."""
 STORES = ("mysql", "pgsql", "sqlite", "mysql-legacy")
 LOGGED_REJECTS_PER_CHUNK = 20
+DATE_COLUMNS = frozenset({"start", "answer", "end", "calldate"})
 FUTURE = timedelta(days=1)
 """A time-cursor value further ahead than this is rejected and does not move the window."""
 
@@ -540,10 +541,15 @@ class TableSource:
     ) -> tuple[list[CDR], list[Rejected]]:
         cdrs: list[CDR] = []
         rejected: list[Rejected] = []
-        text = _TEXT
+        dates = [i for i, name in enumerate(mapping.spec.layouts[0]) if name in DATE_COLUMNS]
         horizon = datetime.now(self.zone or local_zone()).replace(tzinfo=None) + FUTURE
         for row in rows:
-            values = [text[type(v)](v) if type(v) in text else text_value(v) for v in row]
+            # Text as it comes (PyMySQL and psycopg are set to leave dates as text); other
+            # types, and zero dates (MySQL's '0000-00-00 ...' for unset), through text_value.
+            values = [v if type(v) is str else text_value(v) for v in row]
+            for i in dates:
+                if values[i][:4] == "0000":
+                    values[i] = ""
             raw = "\x1f".join(values).encode()
             problem = ""
             try:
