@@ -35,8 +35,10 @@ from .rpc import RpcClient
 
 log = get_logger("cdrstats.plugins.kamailio")
 
-Fetched = tuple[list[dict[str, Any]], list[dict[str, Any]], bool]
-"""acc rows, missed_calls rows, and whether both tables are read to their end."""
+Fetched = tuple[list[dict[str, Any]], list[dict[str, Any]], str]
+"""acc rows, missed_calls rows, and where the reading is: `more` (a full page: read on at
+once), `end` (both tables read to their end) or `holding` (rows wait behind a hole in the
+ids, see db.GapGuard: poll again later)."""
 
 SAMPLE_CONFIG = """\
 [[source]]
@@ -180,15 +182,16 @@ class KamailioSource:
 
             pending = fetch(state.acc_id, state.missed_id)
             while True:
-                acc_rows, missed_rows, caught_up = await pending
+                acc_rows, missed_rows, where = await pending
                 pending = None
-                if not caught_up:  # read the next page while this one is paired and committed
+                if where == "more":  # read the next page while this one is paired and committed
                     pending = fetch(
                         int(acc_rows[-1]["id"]) if acc_rows else state.acc_id,
                         int(missed_rows[-1]["id"]) if missed_rows else state.missed_id,
                     )
                 before = (state.acc_id, state.missed_id, len(state.open))
-                fed = pairer.feed(acc_rows, missed_rows, time.time() if caught_up else None)
+                now = time.time() if where == "end" else None  # a backlog times nothing out
+                fed = pairer.feed(acc_rows, missed_rows, now)
                 after = (state.acc_id, state.missed_id, len(state.open))
                 if fed.cdrs or fed.rejected or before != after:
                     yield ReadResult(fed.cdrs, state.dumps(), fed.rejected)
@@ -213,13 +216,15 @@ class KamailioSource:
         o = self.options
         rows = db.rows_after(o.acc_table, acc_id, o.batch_rows)
         acc_rows = acc_guard.accept(acc_id, rows)
-        caught_up = len(rows) < o.batch_rows and len(acc_rows) == len(rows)
+        held = len(acc_rows) < len(rows)
+        full = len(rows) == o.batch_rows
         missed_rows: list[dict[str, Any]] = []
         if o.failed_from == "missed_calls":
             rows = db.rows_after(o.missed_table, missed_id, o.batch_rows)
             missed_rows = missed_guard.accept(missed_id, rows)
-            caught_up = caught_up and len(rows) < o.batch_rows and len(missed_rows) == len(rows)
-        return acc_rows, missed_rows, caught_up
+            held = held or len(missed_rows) < len(rows)
+            full = full or len(rows) == o.batch_rows
+        return acc_rows, missed_rows, "holding" if held else "more" if full else "end"
 
     async def _read_cdrs(self, checkpoint: str | None) -> AsyncGenerator[ReadResult, None]:
         o = self.options

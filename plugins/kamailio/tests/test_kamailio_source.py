@@ -16,7 +16,7 @@ import pytest
 from cdrstats_agent.errors import ConfigError, SourceError
 from cdrstats_agent.model import Disposition
 from cdrstats_agent.plugin import native_actions, supports_live
-from cdrstats_kamailio.db import GapGuard
+from cdrstats_kamailio.db import Database, GapGuard
 from cdrstats_kamailio.plugin import KamailioLiveSource, KamailioPlugin, KamailioSource
 from kamailio_testkit import KamailioDB, collect
 
@@ -75,14 +75,30 @@ async def test_reads_pairs_and_resumes_from_its_checkpoint(scratch_db: KamailioD
     assert json.loads(checkpoint2 or "{}")["open"] == []
 
 
-async def test_rows_after_a_gap_in_ids_wait_for_it_then_go(scratch_db: KamailioDB) -> None:
+async def test_rows_after_a_gap_in_ids_wait_for_it_then_go(
+    scratch_db: KamailioDB, monkeypatch: pytest.MonkeyPatch
+) -> None:
     db = scratch_db
     call(db, 1, 0, 10)  # ids 1, 2
     acc_row(db, "acc", "INVITE", "c3@h", "f3", "t3", "200", 20, row_id=4)  # id 3 still "committing"
     acc_row(db, "acc", "BYE", "c3@h", "f3", "t3", "200", 25, row_id=5)
-    cdrs, _, checkpoint = await collect(source(db.url), lambda c: len(c) == 2, limit_s=10)
+    queries = 0
+    real = Database.rows_after
+
+    def counted(self: Database, table: str, after_id: int, limit: int) -> list[dict[str, Any]]:
+        nonlocal queries
+        queries += 1
+        return real(self, table, after_id, limit)
+
+    monkeypatch.setattr(Database, "rows_after", counted)
+    cdrs, _, checkpoint = await collect(
+        source(db.url, gap_wait_s=0.5, poll_s=0.1), lambda c: len(c) == 2, limit_s=10
+    )
     assert sorted(c.key for c in cdrs) == ["c1@h;f1", "c3@h;f3"]
     assert json.loads(checkpoint or "{}")["acc"] == 5
+    assert queries < 40, (
+        f"{queries} queries while rows waited behind the gap (polling, not spinning)"
+    )
 
 
 def test_gap_guard_takes_contiguous_rows_now_and_others_after_the_wait() -> None:
