@@ -8,7 +8,7 @@ PACKAGES := agent/cdrstats_agent collector/cdrstats_collector web/cdrstats_web \
 	plugins/csv/cdrstats_csv plugins/freeswitch/cdrstats_freeswitch \
 	plugins/asterisk/cdrstats_asterisk plugins/kamailio/cdrstats_kamailio
 SOURCES := $(wildcard */pyproject.toml plugins/*/pyproject.toml) requirements-dev.txt
-# The console's browser assets (Bootstrap, Chart.js) from the npm registry, copied into the
+# The console's browser assets (Bootstrap, Chart.js, chartjs-chart-geo) from npm, copied into the
 # package by web/build-assets.mjs; never committed (docs/console.md).
 ASSETS := web/cdrstats_web/static/vendor/.built
 

@@ -10,6 +10,11 @@ const files = {
   "bootstrap/dist/css/bootstrap.min.css": "bootstrap.min.css",
   "bootstrap/dist/js/bootstrap.bundle.min.js": "bootstrap.bundle.min.js",
   "chart.js/dist/chart.umd.js": "chart.umd.js",
+  // The dashboard's world map: choropleth charts for Chart.js, country shapes (Natural Earth
+  // 1:110m, ids are ISO 3166-1 numeric codes) and the alpha-2 -> numeric code table.
+  "chartjs-chart-geo/build/index.umd.min.js": "chartjs-chart-geo.min.js",
+  "world-atlas/countries-110m.json": "countries-110m.json",
+  "i18n-iso-countries/codes.json": "iso-3166-codes.json",
 };
 mkdirSync(out, { recursive: true });
 for (const [from, to] of Object.entries(files)) {

@@ -99,6 +99,10 @@ def test_dashboard_updates_live_without_reload(
         dispositions = page.inner_text("#dispositions tbody")
         assert "ANSWERED\t8" in dispositions and "NO_ANSWER\t2" in dispositions
         assert "France" in page.inner_text("#countries tbody")
+        # The world map has its one country (FR) shaded.
+        page.wait_for_function(
+            "document.getElementById('world-map').getAttribute('data-countries') === '1'"
+        )
         _shot(page, "dashboard-desktop")
         # The live page shows arriving CDRs as they come.
         page.goto(f"/t/{acme}/live")

@@ -92,6 +92,44 @@
       body.appendChild(tr);
     });
   }
+  // World map (chartjs-chart-geo): country shapes and the ISO code table are loaded once.
+  var geo = null, map = null;
+  function geoData() {
+    if (!geo) {
+      geo = Promise.all([
+        cdrstats.getJSON("/static/vendor/countries-110m.json"),
+        cdrstats.getJSON("/static/vendor/iso-3166-codes.json")
+      ]).then(function (all) {
+        var numeric = {};
+        all[1].forEach(function (c) { numeric[c[0]] = c[2]; });
+        return { features: ChartGeo.topojson.feature(all[0], all[0].objects.countries).features, numeric: numeric };
+      });
+    }
+    return geo;
+  }
+  function drawMap(items) {
+    if (!window.ChartGeo || !window.Chart) return;
+    geoData().then(function (g) {
+      var calls = {};
+      items.forEach(function (r) { if (r.country && g.numeric[r.country]) calls[g.numeric[r.country]] = r.calls; });
+      var data = g.features.map(function (f) { return { feature: f, value: calls[f.id] || 0 }; });
+      if (!map) {
+        map = new Chart(document.getElementById("world-map"), {
+          type: "choropleth",
+          data: { labels: g.features.map(function (f) { return f.properties.name; }),
+                  datasets: [{ label: "Calls", outline: g.features, data: data }] },
+          options: { responsive: true, maintainAspectRatio: false, animation: false, showOutline: true,
+                     plugins: { legend: { display: false } },
+                     scales: { projection: { axis: "x", projection: "equalEarth" },
+                               color: { axis: "x", quantize: 5, legend: { position: "bottom-right", align: "right" } } } }
+        });
+      } else {
+        map.data.datasets[0].data = data;
+        map.update();
+      }
+      document.getElementById("world-map").setAttribute("data-countries", String(Object.keys(calls).length));
+    }).catch(function () { /* the tables still show the figures */ });
+  }
   function loadLive() {
     return cdrstats.api("/api/v1/live/calls", sw.value ? { "switch": sw.value } : {}).then(function (d) {
       var n = 0;
@@ -105,7 +143,7 @@
     return Promise.all([
       cdrstats.api("/api/v1/reports/dashboard", params()),
       cdrstats.api("/api/v1/reports/series", params({ granularity: s.granularity })),
-      cdrstats.api("/api/v1/reports/top", { from: s.from, to: s.to, by: "country", limit: 8 }),
+      cdrstats.api("/api/v1/reports/top", { from: s.from, to: s.to, by: "country", limit: 300 }),
       cdrstats.api("/api/v1/reports/breakdown", params({ by: "cause", limit: 8 })),
       cdrstats.api("/api/v1/reports/breakdown", params({ by: "disposition", limit: 8 })),
       loadLive()
@@ -137,7 +175,8 @@
         k.data.datasets[0].data = series.buckets.map(function (b) { return b.peak_concurrent; });
         k.update();
       }
-      fill("countries", top.items, function (r) {
+      drawMap(top.items);
+      fill("countries", top.items.slice(0, 8), function (r) {
         return [cdrstats.country(r.country), r.calls.toLocaleString(), r.asr === null ? "–" : r.asr.toFixed(1) + " %",
                 r.minutes.toLocaleString(), shareBar(r.share)];
       });
