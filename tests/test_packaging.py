@@ -283,7 +283,7 @@ def test_packaging_deb_install_check_run_upgrade_remove_purge(
     built: Built, collector_server: CollectorServer, shared_dir: Path
 ) -> None:
     need_root()
-    need("dpkg", "dpkg-query", "runuser")
+    need("dpkg", "dpkg-query", "runuser", "unshare", "setpriv")
     purge()  # a leftover of an interrupted run
     try:
         deb_lifecycle(built, collector_server, shared_dir)
@@ -344,10 +344,18 @@ def deb_lifecycle(built: Built, collector: CollectorServer, shared: Path) -> Non
     assert "FAIL collector http://127.0.0.1:9: collector unreachable" in done.stdout
     assert "connection refused" in done.stdout
 
-    # Run as the service runs it: the CDRs reach PostgreSQL.
+    # Run as the unit runs it (no systemd here, so its sandbox is rebuilt by hand): the file
+    # system read-only but the state directory (ProtectSystem=strict, ReadWritePaths=), no
+    # capability (CapabilityBoundingSet=), NoNewPrivileges, the agent's user. CDRs reach
+    # PostgreSQL.
     agent_id = run("sh", "-c", f"cat {STATE}/identity.json").stdout.split('"agent_id": "')[1][:36]
+    sandbox = (
+        f"mount --bind {STATE} {STATE} && mount -o remount,bind,ro / && "
+        f"exec setpriv --reuid {USER} --regid {USER} --init-groups --nnp --bounding-set -all"
+        " --inh-caps -all -- /usr/bin/cdrstats-agent run"
+    )
     proc = subprocess.Popen(
-        ["/usr/bin/cdrstats-agent", "run"], user=USER, group=USER, extra_groups=[], cwd="/",
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", sandbox], cwd="/",
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
