@@ -516,6 +516,23 @@ _PENDING = (
 )
 
 
+async def _wait(request: Request, event: asyncio.Event, left: float, waker: Waker) -> bool:
+    """Until `event` is set or `left` seconds pass; returns early when the agent hangs up (so
+    a stopped agent does not hold a request open) or, without a working listener, after 2 s
+    (the caller then looks in the table again). True when the agent hung up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + (left if waker.listening else min(left, 2.0))
+    while not event.is_set():
+        step = min(deadline - loop.time(), 1.0)
+        if step <= 0:
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), step)
+        if not event.is_set() and await request.is_disconnected():
+            return True
+    return False
+
+
 async def poll_endpoint(request: Request) -> Response:
     """`GET /api/v1/agent/commands?after=SEQ&wait=S`: pending commands, waiting up to S s."""
     state = get_state(request)
@@ -539,10 +556,8 @@ async def poll_endpoint(request: Request) -> Response:
                 left = deadline - asyncio.get_running_loop().time()
                 if rows or left <= 0:
                     break
-                # Without a working listener, look again every 2 s.
-                step = left if waker.listening else min(left, 2.0)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), step)
+                if await _wait(request, event, left, waker):
+                    break  # nobody to answer
             finally:
                 waker.unsubscribe(str(who), event)
     except (psycopg.OperationalError, PoolTimeout):
