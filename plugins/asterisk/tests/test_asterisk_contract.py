@@ -1,7 +1,8 @@
 """The agent's plugin contract kit (cdrstats_agent.testing) run on the asterisk plugin.
 
 One feed per store: Master.csv (with live calls from an AMI peer running in a thread),
-the reference MariaDB table (time cursor, and id cursor), and a cdr_sqlite3_custom file.
+the reference MariaDB table (time cursor, and id cursor), the reference PostgreSQL table, and
+a cdr_sqlite3_custom file.
 """
 
 from __future__ import annotations
@@ -13,21 +14,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from ami_peer import AmiPeer, channel
 from asterisk_testkit import (
     COLUMNS_21,
+    REFERENCE,
     MySQLDatabase,
     create_reference_mysql_cdr,
     create_sqlite_custom,
     csv_line,
     mysql_database,
     row,
+    sql_statements,
     sqlite_insert,
     sqlite_row,
 )
 from cdrstats_agent.testing import SourceContract
 from cdrstats_asterisk.plugin import AsteriskPlugin
+
+from tests.fix_db import create_database, drop_database, with_dbname
 
 pytestmark = pytest.mark.timeout(300)
 _serial = itertools.count(1)
@@ -142,6 +148,61 @@ class TestMySQLTimeCursorContract(SourceContract):
 
 class TestMySQLIdCursorContract(TestMySQLTimeCursorContract):
     id_column = True
+
+
+class PostgresFeed:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS cdr")
+            conn.execute("DROP TABLE IF EXISTS alembic_version")
+            for stmt in sql_statements(REFERENCE / "contrib_realtime_postgresql_cdr.sql"):
+                conn.execute(stmt)
+        self.n = 0
+
+    def options(self) -> dict[str, Any]:
+        return {"store": "pgsql", "conninfo": self.url, "timezone": "UTC", "interval": 0.01,
+                "chunk_cdrs": 4}  # fmt: skip
+
+    def _insert(self, calls: list[dict[str, Any]]) -> None:
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            for c in calls:
+                cols = list(c)
+                conn.execute(
+                    "INSERT INTO cdr ({}) VALUES ({})".format(
+                        ", ".join(f'"{k}"' for k in cols), ", ".join(["%s"] * len(cols))
+                    ),
+                    [c[k] for k in cols],
+                )
+
+    def append(self, n: int) -> list[str]:
+        calls = [_call(self.n + i + 1) for i in range(n)]
+        self.n += n
+        self._insert(calls)
+        return [f"{c['uniqueid']}:{c['sequence']}" for c in calls]
+
+    def append_bad(self) -> None:  # an answer before the start
+        self._insert([_call(0) | {"answer": "2026-03-02 09:00:00"}])
+
+
+@pytest.fixture(scope="module")
+def contract_pg(pg_admin_url: str) -> Iterator[str]:
+    name = create_database(pg_admin_url)
+    try:
+        yield with_dbname(pg_admin_url, name)
+    finally:
+        drop_database(pg_admin_url, name)
+
+
+class TestPostgresContract(SourceContract):
+    plugin = AsteriskPlugin()
+
+    @pytest.fixture(autouse=True)
+    def _db(self, contract_pg: str) -> None:
+        self.url = contract_pg
+
+    def feed(self, workdir: Path) -> PostgresFeed:
+        return PostgresFeed(self.url)
 
 
 class SQLiteFeed:
