@@ -13,6 +13,7 @@ stops answering keeps its TCP socket open); reconnection with exponential backof
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ from panoramisk import Manager
 from .livestate import LiveState
 
 log = get_logger("cdrstats.plugins.asterisk.ami")
+_PANORAMISK_LOG = logging.getLogger("cdrstats.plugins.asterisk.panoramisk")
+_PANORAMISK_LOG.setLevel(logging.WARNING)  # its info lines ("Sending awaiting actions") are noise
 
 
 class AmiAuthError(SourceError):
@@ -90,6 +93,7 @@ class _Manager(Manager):  # type: ignore[misc]
             loop=loop,
             ping_delay=10**9,  # we ping ourselves, with a timeout
             reconnect_timeout=10**9,
+            log=_PANORAMISK_LOG,
         )
         self.connected: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[str] = loop.create_future()
