@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -86,18 +87,28 @@ def _kamailio() -> str:
     return binary
 
 
+_PORTS = random.Random(os.getpid() ^ time.monotonic_ns())
+_GIVEN: set[int] = set()
+
+
 def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    """A port free for both UDP and TCP on `host` (sipp and Kamailio use one or the other)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, kind) as s:
-            s.bind((host, 0))
-            port = int(s.getsockname()[1])
-        other = socket.SOCK_STREAM if kind == socket.SOCK_DGRAM else socket.SOCK_DGRAM
+    """A port free for UDP and TCP on `host`, below the kernel's ephemeral range.
+
+    The kernel hands out ephemeral ports (32768-60999 here) to every outgoing connection and
+    DNS query on the machine; a port picked there may be taken before sipp or Kamailio binds
+    it. Below that range only explicit binds compete. `kind` is kept for the callers.
+    """
+    for _ in range(200):
+        port = _PORTS.randrange(20000, 32000)
+        if port in _GIVEN:
+            continue
         try:
-            with socket.socket(socket.AF_INET, other) as s2:
-                s2.bind((host, port))
+            for sock_kind in (socket.SOCK_DGRAM, socket.SOCK_STREAM):
+                with socket.socket(socket.AF_INET, sock_kind) as s:
+                    s.bind((host, port))
         except OSError:
             continue
+        _GIVEN.add(port)
         return port
     raise RuntimeError("no free port")
 
@@ -754,34 +765,44 @@ def run_uac(
 
     With wait=False a UacProcess is returned (sipp started in its own session) to wait on.
     """
-    tag = f"uac_{kind.replace(':', '')}_{callee}_{time.monotonic_ns()}"
-    scenario = workdir / f"{tag}.xml"
-    scenario.write_text(uac_scenario(kind, hold_ms=hold_ms))
-    inf = workdir / f"{tag}.csv"
-    inf.write_text(f"SEQUENTIAL\n{caller};\n")
-    errors = workdir / f"{tag}_errors.log"
-    cmd = [
-        *_sipp_base(scenario, ip, free_port(socket.SOCK_DGRAM, ip)),
-        "-inf", str(inf),
-        "-s", callee,
-        "-m", str(calls),
-        "-r", str(rate),
-        "-l", str(limit),
-        "-timeout", f"{timeout_s}s",
-        "-timeout_error",
-        "-trace_err",
-        "-error_file", str(errors),
-        f"127.0.0.1:{kamailio.sip_port}",
-    ]  # fmt: skip
-    log_path = workdir / f"{tag}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+    for attempt in range(3):
+        tag = f"uac_{kind.replace(':', '')}_{callee}_{time.monotonic_ns()}"
+        scenario = workdir / f"{tag}.xml"
+        scenario.write_text(uac_scenario(kind, hold_ms=hold_ms))
+        inf = workdir / f"{tag}.csv"
+        inf.write_text(f"SEQUENTIAL\n{caller};\n")
+        errors = workdir / f"{tag}_errors.log"
+        cmd = [
+            *_sipp_base(scenario, ip, free_port(socket.SOCK_DGRAM, ip)),
+            "-inf", str(inf),
+            "-s", callee,
+            "-m", str(calls),
+            "-r", str(rate),
+            "-l", str(limit),
+            "-timeout", f"{timeout_s}s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file", str(errors),
+            f"127.0.0.1:{kamailio.sip_port}",
+        ]  # fmt: skip
+        log_path = workdir / f"{tag}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        try:  # a port taken between picking and binding: pick others
+            code = process.wait(0.3)
+        except subprocess.TimeoutExpired:
+            break
+        text = log_path.read_text(errors="replace") + (
+            errors.read_text(errors="replace") if errors.exists() else ""
         )
+        if code == 0 or attempt == 2 or "bind" not in text.lower():
+            break
     handle = UacProcess(process, log_path, errors, timeout_s + 15)
     RUNNING_UACS.append(handle)
     return handle.wait() if wait else handle
