@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from cdrstats_agent import logs
 from cdrstats_collector import auth
 from cdrstats_collector.realtime import Broker
 from cdrstats_collector.settings import Settings
@@ -37,15 +38,9 @@ HERE = Path(__file__).resolve().parent
 STATIC = HERE / "static"
 VENDOR = STATIC / "vendor"
 
+log = logs.get_logger("cdrstats.web.console")
+
 Handler = Callable[["Console", Request], Awaitable[Response]]
-
-
-class AssetsMissing(RuntimeError):
-    def __str__(self) -> str:
-        return (
-            f"the console's browser assets are missing in {VENDOR}: run `make` (or"
-            " `cd web && npm ci && npm run build`)"
-        )
 
 
 class Console:
@@ -56,6 +51,13 @@ class Console:
         self.limiter = security.LoginLimiter()
         self.broker = broker or Broker(settings.database_url)
         self.https = bool(settings.public_url and settings.public_url.startswith("https://"))
+        if not (VENDOR / ".built").exists():
+            # The API works without them; the pages would load without styles and charts.
+            log.warning(
+                "console_assets_missing",
+                dir=str(VENDOR),
+                hint="run `make` (or `cd web && npm ci && npm run build`)",
+            )
 
     # -- wiring ------------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from . import audit, security
+from . import audit, data, security
 from .console import Console, page
 
 ADMIN_ROLES = ("superadmin", "tenant_admin")
@@ -74,8 +74,6 @@ async def _render(
     console: Console, request: Request, extra: dict[str, Any] | None = None, status: int = 200
 ) -> Response:
     who, tenant, tenants_ = await console.tenant_context(request)
-    from . import data
-
     context = {
         "who": who,
         "tenant": tenant,
