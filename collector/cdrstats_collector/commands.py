@@ -623,6 +623,23 @@ async def _json_body(request: Request) -> dict[str, Any]:
     return doc
 
 
+OWN_ADDRESSES_TTL_S = 300.0
+
+
+async def _own_addresses(request: Request) -> set[IPAddress]:
+    """The collector's addresses, looked up at most every 5 minutes per process."""
+    cached: tuple[float, set[IPAddress]] | None = getattr(
+        request.app.state, "cdrstats_own_addresses", None
+    )
+    now = asyncio.get_running_loop().time()
+    if cached is None or now - cached[0] > OWN_ADDRESSES_TTL_S:
+        url = get_state(request).settings.url
+        found = await asyncio.to_thread(collector_addresses, [url])
+        cached = (now, found)
+        request.app.state.cdrstats_own_addresses = cached
+    return cached[1]
+
+
 async def _user_command(request: Request, verb: str) -> Response:
     state = get_state(request)
     try:
@@ -635,7 +652,7 @@ async def _user_command(request: Request, verb: str) -> Response:
         args: dict[str, Any] = {"ip": doc.get("ip"), "dry_run": bool(doc.get("dry_run"))}
         if verb == "block_ip":
             args["ttl"] = doc.get("ttl", "1h")
-        own = state.settings.url
+        own = await _own_addresses(request)
         async with state.pool.connection() as conn:
             row = await create_command(
                 conn,
@@ -645,7 +662,7 @@ async def _user_command(request: Request, verb: str) -> Response:
                 args=args,
                 issued_by=who.username,
                 user_id=who.user_id,
-                own_addresses=lambda: collector_addresses([own]),
+                own_addresses=lambda: own,
             )
     except HTTPException as exc:
         return replies.error(
