@@ -158,14 +158,14 @@ class CommandState:
         return {ip: at for ip, at in self.blocks.items() if at > now}
 
 
-def host_addresses() -> set[IPAddress]:
-    """This host's own addresses (from `ip -j addr`, run without a shell); empty if unknown."""
+def host_addresses(netns: str = "") -> set[IPAddress]:
+    """This host's own addresses (from `ip -j addr`, run without a shell; in the network
+    namespace `netns` when given, where the firewall works); empty if unknown."""
     import subprocess
 
+    argv = ["ip", *(["-n", netns] if netns else []), "-j", "addr", "show"]
     try:
-        out = subprocess.run(
-            ["ip", "-j", "addr", "show"], capture_output=True, timeout=5, check=True
-        ).stdout
+        out = subprocess.run(argv, capture_output=True, timeout=5, check=True).stdout
         found: set[IPAddress] = set()
         for link in json.loads(out):
             for info in link.get("addr_info", []):

@@ -33,7 +33,7 @@ import httpx
 from nacl.signing import SigningKey
 
 from . import wire
-from .commands import Allowlist, CommandChannel, Executor
+from .commands import Allowlist, CommandChannel, Executor, host_addresses
 from .config import Config
 from .errors import IdentityError
 from .firewall import make_backend
@@ -233,7 +233,9 @@ class Agent:
             agent_id=identity.agent_id,
             collector_key=wire.verify_key_from_text(identity.collector_public_key),
             state_dir=self.config.agent.state_dir,
-            allowlist=Allowlist(actions.allowlist, urls),
+            allowlist=Allowlist(
+                actions.allowlist, urls, own=lambda: host_addresses(self.config.firewall.netns)
+            ),
         )
         return CommandChannel(
             executor,

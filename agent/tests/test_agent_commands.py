@@ -302,3 +302,16 @@ def test_config_actions_and_firewall_tables() -> None:
         with pytest.raises(ConfigError) as info:
             parse_config(text)
         assert key in str(info.value), str(info.value)
+
+
+def test_host_addresses_of_a_namespace() -> None:
+    from cdrstats_agent.commands import host_addresses
+
+    from tests.fix_netns import NetnsPair, require
+
+    require()
+    with NetnsPair.create() as pair:
+        found = {str(ip) for ip in host_addresses(pair.switch)}
+        assert {pair.switch_v4, pair.switch_v6, "127.0.0.1"} <= found
+        assert pair.peer_v4 not in found
+    assert host_addresses("cdrstats-no-such-ns") == set()
