@@ -93,9 +93,11 @@ GRANT SELECT ON dial_prefix TO cdrstats_reader;
 -- search does not give.
 CREATE INDEX cdr_tenant_start_idx ON cdr (tenant_id, start_time, key, switch_id);
 -- Number look-ups, exact or by prefix (byte order: text_pattern_ops, whatever the collation).
+-- start_time last: the calls of one exact number come out newest first, so a page reads
+-- its 100 rows instead of sorting every call of the number.
 -- "contains" and "ends with" are not indexed: they filter the time range newest first.
-CREATE INDEX cdr_tenant_callee_idx ON cdr (tenant_id, callee text_pattern_ops);
-CREATE INDEX cdr_tenant_caller_idx ON cdr (tenant_id, caller text_pattern_ops);
+CREATE INDEX cdr_tenant_callee_idx ON cdr (tenant_id, callee text_pattern_ops, start_time);
+CREATE INDEX cdr_tenant_caller_idx ON cdr (tenant_id, caller text_pattern_ops, start_time);
 -- Long (or short) calls: a duration bound alone is too selective to be found quickly by
 -- reading the time range (calls over 20 minutes are a few in ten thousand).
 CREATE INDEX cdr_tenant_duration_idx ON cdr (tenant_id, duration);
