@@ -162,31 +162,40 @@ def _hour_offset(hour: str, zone: tzinfo, hours: dict[str, timedelta | None]) ->
     return offset
 
 
+_TIME_NAMES = {
+    which: (f"{which}_uepoch", f"{which}_epoch", f"{which}_stamp")
+    for which in ("start", "answer", "end")
+}
+
+
 def _times(
     variables: Mapping[str, Any],
+    texts: Mapping[str, str],
     which: str,
     zone: tzinfo,
     hours: dict[str, timedelta | None] | None = None,
 ) -> tuple[datetime, ...] | None:
-    """Candidate instants of `which` (start/answer/end), preferring epoch fields."""
-    for suffix, scale in (("uepoch", 1_000_000), ("epoch", 1)):
-        name = f"{which}_{suffix}"
-        value = variables.get(name)
-        text = _text(value) if value is not None and value != "" else ""
+    """Candidate instants of `which` (start/answer/end), preferring epoch fields.
+
+    `texts` are the variables as stripped strings; `variables` the raw values (a PostgreSQL
+    timestamptz arrives as a datetime)."""
+    uepoch, epoch, stamp_name = _TIME_NAMES[which]
+    for name, scale in ((uepoch, 1_000_000), (epoch, 1)):
+        text = texts.get(name)
         if text:
             try:
                 stamp = _epoch(text, scale)
             except StampError as exc:
                 raise Invalid(f"{name}: {exc}: {text[:40]!r}") from None
             return None if stamp is None else (stamp,)
-    name = f"{which}_stamp"
+    name = stamp_name
     raw = variables.get(name)
     if isinstance(raw, datetime):  # PostgreSQL timestamptz
         if raw.tzinfo is None:
             raw = raw.replace(tzinfo=zone)
         raw = raw.astimezone(UTC)
         return None if raw < _UNSET_BEFORE else (raw,)
-    text = _text(raw)
+    text = texts.get(name, "")
     if not text:
         return None
     if len(text) == 19 and text[10] == " " and hours is not None:
@@ -244,6 +253,22 @@ def _ip(variables: Mapping[str, Any]) -> str | None:
     return None
 
 
+def e164_of_digits(
+    digits: str, country_code: str | None, international_prefix: str, national_prefix: str
+) -> str | None:
+    """`normalize.to_e164` for a number made of digits only (the common case), without its
+    character filtering: same rules, same result (tested against it)."""
+    if international_prefix and digits.startswith(international_prefix):
+        rest = digits[len(international_prefix) :]
+    elif country_code and national_prefix and digits.startswith(national_prefix):
+        rest = country_code + digits[len(national_prefix) :]
+    else:
+        return None
+    if not (8 <= len(rest) <= 15) or rest[0] == "0" or not rest.isdigit():
+        return None
+    return "+" + rest
+
+
 def _gateway_of(channel: str) -> str | None:
     """The gateway of a Sofia channel name `sofia/gateway/<gateway>/<number>`, else None."""
     if channel.startswith("sofia/gateway/"):
@@ -279,9 +304,9 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
         return Skipped(a_leg)
     zone = settings.zone
     hours = settings.hours
-    start_c = _times(variables, "start", zone, hours)
-    answer_c = _times(variables, "answer", zone, hours)
-    end_c = _times(variables, "end", zone, hours)
+    start_c = _times(variables, texts, "start", zone, hours)
+    answer_c = _times(variables, texts, "answer", zone, hours)
+    end_c = _times(variables, texts, "end", zone, hours)
     duration = _seconds(texts, "duration")
     billsec = _seconds(texts, "billsec")
     if (
@@ -349,6 +374,10 @@ def to_cdr(variables: Mapping[str, Any], settings: Settings) -> CDR | Skipped:
     def e164(number: str) -> str | None:
         if not number:
             return None
+        if number.isdigit():
+            return e164_of_digits(
+                number, cc, settings.international_prefix, settings.national_prefix
+            )
         found: str | None = to_e164(
             number,
             cc,

@@ -175,3 +175,20 @@ def test_freeswitch_own_cause_names(name: str, code: int) -> None:
     v = {**call_variables(10, answered=False), "hangup_cause": name, "hangup_cause_q850": ""}
     cdr = cdr_of(v)
     assert cdr.hangup_cause == code and cdr.disposition is Disposition.FAILED
+
+
+def test_digits_fast_path_agrees_with_to_e164() -> None:
+    import itertools
+
+    from cdrstats_agent.normalize import to_e164
+    from cdrstats_freeswitch.variables import e164_of_digits
+
+    numbers = ["", "0", "00", "1000", "0145000000", "0033145000000", "33145000000"]
+    numbers += ["011442012345678", "00" + "9" * 16, "000123456789", "0612345", "06123456"]
+    numbers += ["".join(p) for p in itertools.product("01", repeat=9)]
+    for number, cc, ip, np in itertools.product(
+        numbers, (None, "33", "1"), ("00", "011", ""), ("0", "1", "")
+    ):
+        if number.isdigit():
+            expected = to_e164(number, cc, international_prefix=ip, national_prefix=np)
+            assert e164_of_digits(number, cc, ip, np) == expected, (number, cc, ip, np)
