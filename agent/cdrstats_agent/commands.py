@@ -108,8 +108,9 @@ class Refused(Exception):
 class CommandState:
     """`state_dir/commands.json`: last seq run, active blocks, recent and unreported results."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, agent_id: str = "") -> None:
         self.path = path
+        self.agent_id = agent_id
         self.last_seq = 0
         self.blocks: dict[str, float] = {}
         """Address -> expiry (epoch seconds) of the blocks this agent made."""
@@ -117,8 +118,8 @@ class CommandState:
         self.unreported: list[str] = []
 
     @classmethod
-    def load(cls, path: Path) -> CommandState:
-        state = cls(path)
+    def load(cls, path: Path, agent_id: str = "") -> CommandState:
+        state = cls(path, agent_id)
         try:
             doc = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
@@ -127,6 +128,11 @@ class CommandState:
             # Refusing to start would stop CDR collection; starting from scratch could re-run
             # old commands, but wire.open_command still refuses anything expired.
             log.error("command_state_unreadable", path=str(path), error=str(exc))
+            return state
+        state.blocks = {str(k): float(v) for k, v in doc.get("blocks", {}).items()}
+        if doc.get("agent_id", agent_id) != agent_id:
+            # Enrolled again (a new agent id): the collector numbers its commands from 1.
+            log.info("command_state_new_agent", was=str(doc.get("agent_id")), now=agent_id)
             return state
         state.last_seq = int(doc.get("last_seq", 0))
         state.blocks = {str(k): float(v) for k, v in doc.get("blocks", {}).items()}
@@ -142,6 +148,7 @@ class CommandState:
         self.results = {r.id: r for r in recent}
         self.unreported = [i for i in self.unreported if i in keep]
         doc = {
+            "agent_id": self.agent_id,
             "last_seq": self.last_seq,
             "blocks": self.blocks,
             "results": [r.to_json() for r in recent],
@@ -258,7 +265,7 @@ class Executor:
         self.sources = list(sources)
         self.agent_id = agent_id
         self.collector_key = collector_key
-        self.state = CommandState.load(state_dir / STATE_FILE)
+        self.state = CommandState.load(state_dir / STATE_FILE, agent_id)
         self.allowlist = allowlist
         self.clock = clock
         self.dry_firewall = type(firewall)(replace(firewall.settings, dry_run=True))

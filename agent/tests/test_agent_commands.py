@@ -315,3 +315,18 @@ def test_host_addresses_of_a_namespace() -> None:
         assert {pair.switch_v4, pair.switch_v6, "127.0.0.1"} <= found
         assert pair.peer_v4 not in found
     assert host_addresses("cdrstats-no-such-ns") == set()
+
+
+async def test_a_new_enrollment_starts_the_sequence_again(tmp_path: Path, signer: Signer) -> None:
+    src = BanListSource()
+    ex = make_executor(tmp_path, signer, src)
+    assert (await ex.handle(*signer.make())).status == "done"
+    again = make_executor(tmp_path, signer, src)
+    assert again.state.last_seq == 1 and again.state.blocks
+    # Same state directory, new agent id (cdrstats-agent enroll --force): seq 1 is valid again,
+    # the blocks made before are still remembered.
+    doc = json.loads((tmp_path / STATE_FILE).read_text())
+    doc["agent_id"] = str(uuid.uuid4())
+    (tmp_path / STATE_FILE).write_text(json.dumps(doc))
+    fresh = make_executor(tmp_path, signer, src)
+    assert fresh.state.last_seq == 0 and "192.0.2.7" in fresh.state.blocks

@@ -376,7 +376,7 @@ async def record_result(
         tenant_id, switch_id, verb, args, user_id, issued_by, switch_name = row
         ip = str(args.get("ip", ""))
         if status == "done" and not args.get("dry_run"):
-            if verb == "block_ip":
+            if verb == "block_ip" and type(args.get("ttl")) is int:
                 await conn.execute(
                     "INSERT INTO ip_block (tenant_id, switch_id, ip, expires_at, command_id)"
                     " VALUES (%s, %s, %s, now() + make_interval(secs => %s), %s)"
@@ -645,7 +645,10 @@ async def _user_command(request: Request, verb: str) -> Response:
     try:
         who = await auth.require(request, roles=ADMIN_ROLES)
         doc = await _json_body(request)
-        tenant_id = auth.tenant_scope(who, doc.get("tenant", request.query_params.get("tenant")))
+        tenant = doc.get("tenant", request.query_params.get("tenant"))
+        if tenant is not None and type(tenant) not in (int, str):
+            raise HTTPException(422, "tenant: must be a tenant id")
+        tenant_id = auth.tenant_scope(who, tenant)
         switch = doc.get("switch")
         if not isinstance(switch, str) or not switch:
             raise HTTPException(422, "switch: the switch's name is required")

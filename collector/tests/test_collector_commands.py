@@ -257,6 +257,7 @@ def test_block_api_is_for_admins_of_the_tenant(world: World) -> None:
     # A superadmin names the tenant.
     assert block(world, token="root").status_code == 422
     assert block(world, token="root", tenant=world.tenant_id).status_code == 201
+    assert block(world, token="root", tenant=[world.tenant_id]).status_code == 422
     # Not JSON: refused (a cross-site form cannot post a command).
     r = api(
         world,
