@@ -277,7 +277,7 @@ def test_reports_answer_from_the_aggregates_alone(database_url: str, tmp_path: A
     try:
         api = ApiServer(server.url, database_url, seed)
         period = {"from": "2026-03-01", "to": "2026-04-30"}
-        paths = [
+        paths: list[tuple[str, dict[str, Any]]] = [
             ("/api/v1/reports/dashboard", period),
             ("/api/v1/reports/series", {"granularity": "day", **period}),
             ("/api/v1/reports/compare", {"day": "2026-03-10", "weeks": 1}),
