@@ -186,7 +186,12 @@ class Agent:
                     asyncio.create_task(self._keep_running(live.run_status), name="live-status")
                 )
             if self.config.actions.enabled:
-                self.commands = self._command_channel(identity, key, urls)
+                try:
+                    self.commands = self._command_channel(identity, key, urls)
+                except (wire.WireError, ValueError) as exc:
+                    # Never stop CDR collection for this: log it, run without commands.
+                    log.error("commands_disabled", error=str(exc))
+            if self.commands is not None:
                 tasks.append(
                     asyncio.create_task(self._keep_running(self.commands.run), name="commands")
                 )

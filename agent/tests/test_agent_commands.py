@@ -330,3 +330,31 @@ async def test_a_new_enrollment_starts_the_sequence_again(tmp_path: Path, signer
     (tmp_path / STATE_FILE).write_text(json.dumps(doc))
     fresh = make_executor(tmp_path, signer, src)
     assert fresh.state.last_seq == 0 and "192.0.2.7" in fresh.state.blocks
+
+
+async def test_a_bad_collector_key_disables_commands_but_not_cdr_collection(
+    tmp_path: Path,
+) -> None:
+    import asyncio
+    import dataclasses
+
+    from agent_testkit import CollectorPeer, ListSource, agent_config, identity_for, wait_until
+    from cdrstats_agent.runner import Agent
+
+    peer = CollectorPeer()
+    await peer.start()
+    try:
+        identity, key = identity_for(peer)
+        identity = dataclasses.replace(identity, collector_public_key="not base64!")
+        source = ListSource("s1", 3)
+        agent = Agent(
+            agent_config(tmp_path, [peer.url]), sources=[source], identity=identity, key=key
+        )
+        task = asyncio.create_task(agent.run())
+        await asyncio.wait_for(agent.started.wait(), 10)
+        assert agent.commands is None
+        await wait_until(lambda: len(peer.state.cdrs) == 3, what="CDRs delivered")
+        agent.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await peer.stop()
