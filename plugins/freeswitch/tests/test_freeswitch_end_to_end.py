@@ -282,3 +282,88 @@ def test_a_2xx_means_stored_even_if_the_agent_is_killed_right_after(
         agent.stop()
     assert sorted(rows) == sorted(variables(n)["uuid"] for n in numbers)
     assert all(len(r) == 1 for r in rows.values())
+
+
+def live_calls(database_url: str) -> dict[str, dict[str, Any]]:
+    with psycopg.connect(database_url, row_factory=dict_row) as conn:
+        rows = conn.execute("SELECT *, host(src_ip) AS src_host FROM live_call").fetchall()
+    return {row["call_id"]: row for row in rows}
+
+
+def wait_live(
+    database_url: str, condition: Any, what: str, agent: Agent
+) -> dict[str, dict[str, Any]]:
+    deadline = time.monotonic() + 60
+    while True:
+        calls = live_calls(database_url)
+        if condition(calls):
+            return calls
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}: {calls}; agent log:\n{agent.tail()}")
+        time.sleep(0.2)
+
+
+def test_live_calls_from_the_event_socket_reach_the_collector(
+    tmp_path: Path, collector_server: CollectorServer
+) -> None:
+    from freeswitch_testkit import REFERENCE, EslPeer, parse_plain
+
+    recorded = parse_plain(
+        (REFERENCE / "event_plain_CHANNEL_HANGUP_COMPLETE_cgrates.txt").read_text()
+    )
+    call_id = recorded["Unique-ID"]
+    now_us = str(int(time.time() * 1_000_000))
+
+    def event(name: str) -> dict[str, str]:
+        headers = {**recorded, "Event-Name": name, "Event-Date-Timestamp": now_us}
+        headers["Caller-Channel-Created-Time"] = now_us
+        if name != "CHANNEL_HANGUP_COMPLETE":
+            headers.pop("Hangup-Cause")
+        return headers
+
+    peer = EslPeer(password="s3cret")
+    csv_dir = tmp_path / "cdr-csv"
+    csv_dir.mkdir()
+    agent = Agent(
+        tmp_path,
+        collector_server,
+        f'[[source]]\nname = "fs"\nplugin = "freeswitch"\nstore = "csv"\npath = "{csv_dir}"\n'
+        f'[source.esl]\nport = {peer.port}\npassword = "s3cret"\nsnapshot_s = 1.0\n',
+    )
+    agent.start()
+    try:
+        deadline = time.monotonic() + 30
+        while peer.subscribed() < 1:
+            assert time.monotonic() < deadline, f"no ESL subscription; log:\n{agent.tail()}"
+            time.sleep(0.1)
+        peer.send_event(event("CHANNEL_CREATE"))
+        peer.send_event(event("CHANNEL_ANSWER"))
+        calls = wait_live(
+            collector_server.database_url,
+            lambda c: c.get(call_id, {}).get("state") == "answered",
+            "the answered call",
+            agent,
+        )
+        row = calls[call_id]
+        assert (row["caller"], row["callee"], row["src_host"]) == ("1001", "1003", "127.0.0.1")
+        assert (row["read_codec"], row["source"]) == ("SPEEX", "fs")
+        peer.send_event(event("CHANNEL_HANGUP_COMPLETE"))
+        wait_live(collector_server.database_url, lambda c: call_id not in c, "the hangup", agent)
+        # A call only the snapshot knows about (its events were missed) appears with it.
+        peer.calls = [
+            {
+                "uuid": "snap-1",
+                "direction": "inbound",
+                "cid_num": "2000",
+                "dest": "3000",
+                "callstate": "ACTIVE",
+                "created_epoch": str(int(time.time())),
+            }
+        ]
+        calls = wait_live(
+            collector_server.database_url, lambda c: "snap-1" in c, "the snapshot's call", agent
+        )
+        assert calls["snap-1"]["state"] == "answered" and calls["snap-1"]["caller"] == "2000"
+    finally:
+        agent.stop()
+        peer.stop()
