@@ -29,7 +29,8 @@ from typing import Any
 import phonenumbers
 import psycopg
 from cdrstats_agent.normalize import to_e164
-from phonenumbers import PhoneNumberType
+from phonenumbers import PhoneMetadata, PhoneNumberType
+from phonenumbers.phonenumberutil import _number_type_helper
 
 KINDS: tuple[str, ...] = (
     "fixed",
@@ -204,7 +205,12 @@ def _library_destination(lead: str, length: int) -> tuple[str | None, str]:
             number_of_leading_zeros=zeros if zeros > 1 else None,
         )
         region = phonenumbers.region_code_for_number(number)
-        number_type = phonenumbers.number_type(number)
+        # what phonenumbers.number_type does, without finding the region a second time
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(
+            int(lead[:cc]), region or "ZZ"
+        )
+        if metadata is not None:
+            number_type = _number_type_helper(national, metadata)
         if number_type != PhoneNumberType.UNKNOWN:
             break
     if region is None:

@@ -401,14 +401,7 @@ class Ingestor:
             ctx = await self._context(conn, agent)
             self.classify_rows(prepared.rows, ctx.plan)
             accepted, facts = await self._load(conn, prepared.rows)
-            if accepted:
-                grouped = aggregates.group(facts, ctx.days)
-                try:
-                    await aggregates.apply(
-                        conn, grouped, agent.tenant_id, agent.switch_id, ctx.days.timezone
-                    )
-                except pgerrors.DeadlockDetected as exc:
-                    raise StoreUnavailable("aggregate update deadlocked; retry") from exc
+            grouped = aggregates.group(facts, ctx.days) if accepted else None
             ack = wire.Ack(seq=seq, accepted=accepted, duplicates=len(prepared.rows) - accepted)
             notify = None
             if accepted:
@@ -420,16 +413,23 @@ class Ingestor:
                         "accepted": accepted,
                     }
                 )
-            await conn.execute(
-                _FINISH,
-                {
-                    "agent": agent.id,
-                    "seq": seq,
-                    "digest": digest,
-                    "ack": Jsonb(ack.to_json()),
-                    "notify": notify,
-                },
-            )
+            finish = {
+                "agent": agent.id,
+                "seq": seq,
+                "digest": digest,
+                "ack": Jsonb(ack.to_json()),
+                "notify": notify,
+            }
+            try:
+                # aggregates and the batch record in one round trip
+                async with conn.pipeline():
+                    if grouped:
+                        await aggregates.apply(
+                            conn, grouped, agent.tenant_id, agent.switch_id, ctx.days.timezone
+                        )
+                    await conn.execute(_FINISH, finish)
+            except pgerrors.DeadlockDetected as exc:
+                raise StoreUnavailable("aggregate update deadlocked; retry") from exc
         return Stored(ack)
 
     async def _load(
