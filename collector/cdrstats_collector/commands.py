@@ -728,3 +728,113 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/blocks/unblock", unblock_endpoint, methods=["POST"]),
         Route("/api/v1/commands", commands_endpoint, methods=["GET"]),
     ]
+
+
+def openapi_paths() -> dict[str, Any]:
+    """The users' command routes in the OpenAPI document (`openapi.py` adds them)."""
+    err = {
+        "description": "",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+    def errors(**codes: str) -> dict[str, Any]:
+        return {code.lstrip("_"): {**err, "description": text} for code, text in codes.items()}
+
+    command = {"type": "object", "description": "a command (docs/actions.md, GET /api/v1/commands)"}
+    tenant = {"type": ["integer", "string"], "description": "superadmins: the tenant id"}
+    common = dict(
+        _401="no or invalid credentials",
+        _403="not an admin (superadmin, tenant_admin)",
+        _503="PostgreSQL is unavailable",
+    )
+
+    def post(summary: str, props: dict[str, Any], required: list[str]) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "tags": ["actions"],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": "object", "required": required, "properties": props}
+                    }
+                },
+            },
+            "responses": {
+                "201": {
+                    "description": "queued",
+                    "content": {"application/json": {"schema": command}},
+                },
+                **errors(
+                    _404="unknown switch, switch without agent, or another tenant",
+                    _415="the body is not application/json",
+                    _422="bad address, allowlisted address, bad ttl, too many blocks",
+                    **common,
+                ),
+            },
+            "security": [{"bearer": []}, {"session": []}],
+        }
+
+    def get(summary: str, key: str) -> dict[str, Any]:
+        return {
+            "summary": summary,
+            "tags": ["actions"],
+            "parameters": [
+                {
+                    "name": "tenant",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "integer"},
+                    "description": "superadmins: the tenant id",
+                }
+            ],
+            "responses": {
+                "200": {
+                    "description": "OK",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "tenant_id": {"type": "integer"},
+                                    key: {"type": "array", "items": {"type": "object"}},
+                                },
+                            }
+                        }
+                    },
+                },
+                **errors(_404="another tenant", _422="bad tenant", **common),
+            },
+            "security": [{"bearer": []}, {"session": []}],
+        }
+
+    ip = {"type": "string", "description": "an IPv4 or IPv6 address"}
+    switch = {"type": "string", "description": "the switch's name"}
+    dry = {"type": "boolean", "description": "check everything on the agent, change nothing"}
+    ttl = {"type": ["integer", "string"], "description": "seconds, or 15m, 1h, 7d (default 1h)"}
+    return {
+        "/api/v1/blocks": {
+            "post": {
+                **post(
+                    "Block an IP address on a switch",
+                    {"switch": switch, "ip": ip, "ttl": ttl, "dry_run": dry, "tenant": tenant},
+                    ["switch", "ip"],
+                ),
+                "operationId": "block_ip",
+            },
+            "get": {**get("Active blocks of the tenant", "blocks"), "operationId": "list_blocks"},
+        },
+        "/api/v1/blocks/unblock": {
+            "post": {
+                **post(
+                    "Unblock an IP address on a switch",
+                    {"switch": switch, "ip": ip, "dry_run": dry, "tenant": tenant},
+                    ["switch", "ip"],
+                ),
+                "operationId": "unblock_ip",
+            }
+        },
+        "/api/v1/commands": {
+            "get": {**get("Recent commands of the tenant", "commands"), "operationId": "commands"}
+        },
+    }

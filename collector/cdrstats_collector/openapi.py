@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import api
+from . import api, commands
 
 _ERROR = {
     "type": "object",
@@ -66,6 +66,7 @@ def document() -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for ep in api.ENDPOINTS:
         paths[ep.path] = {"get": _operation(ep)}
+    paths.update(commands.openapi_paths())  # block / unblock (docs/actions.md)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -375,3 +375,18 @@ def test_parse_ttl() -> None:
     for bad in (0, -1, "1w", "", None, 1.5, True, "31d"):
         with pytest.raises(commands.CommandError, match="ttl"):
             commands.parse_ttl(bad)
+
+
+def test_openapi_documents_the_command_routes() -> None:
+    from cdrstats_collector import openapi
+
+    paths = openapi.document()["paths"]
+    assert set(paths["/api/v1/blocks"]) == {"get", "post"}
+    body = paths["/api/v1/blocks"]["post"]["requestBody"]["content"]["application/json"]
+    assert set(body["schema"]["properties"]) == {"switch", "ip", "ttl", "dry_run", "tenant"}
+    assert "post" in paths["/api/v1/blocks/unblock"] and "get" in paths["/api/v1/commands"]
+    routes = {r.path for r in commands.routes()} - {
+        "/api/v1/agent/commands",
+        "/api/v1/agent/commands/result",
+    }
+    assert routes <= set(paths)
