@@ -101,6 +101,8 @@ def create_token(
 
 def revoke_tokens(conn: psycopg.Connection[Any], username: str) -> int:
     """Revoke every live token of `username`; returns how many."""
+    if conn.execute("SELECT 1 FROM app_user WHERE username = %s", (username,)).fetchone() is None:
+        raise AdminError(f"no user named {username!r}")
     with conn.transaction():
         cur = conn.execute(
             "UPDATE api_token t SET revoked_at = now() FROM app_user u"

@@ -14,6 +14,7 @@
     cdrstats user passwd USERNAME [--password P]
     cdrstats agent-token create --tenant T --switch NAME [--ttl HOURS] [--url URL]
     cdrstats api-token create --user NAME [--label TEXT] [--ttl-days DAYS]
+    cdrstats api-token revoke --user NAME
     cdrstats block IP --switch NAME --tenant T [--ttl 1h] [--dry-run]
     cdrstats unblock IP --switch NAME --tenant T [--dry-run]
     cdrstats blocks --tenant T [--commands]
@@ -377,6 +378,16 @@ def cmd_blocks(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_api_token_revoke(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        count = auth.revoke_tokens(conn, args.user)
+    print(
+        f"{count} API token(s) of user {args.user!r} revoked (collectors forget them within 30 s)"
+    )
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -487,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     acreate.add_argument("--user", required=True, help="the console user the token acts as")
     acreate.add_argument("--label", default="", help="a note to recognise the token by")
     acreate.add_argument("--ttl-days", type=float, help="lifetime in days (default: no expiry)")
+    arevoke = command(api_token, "revoke", cmd_api_token_revoke, "revoke every token of a user")
+    arevoke.add_argument("--user", required=True)
 
     block = command(sub, "block", cmd_block, "block an IP address on a switch (remote action)")
     block.add_argument("ip")

@@ -69,6 +69,16 @@ def test_cli_api_token_create(
     )
     _, err = capsys.readouterr()
     assert code == 2 and "--ttl-days" in err
+    code = cli.main(["api-token", "revoke", "--user", "alice", "--database-url", database_url])
+    out, _ = capsys.readouterr()
+    assert code == 0 and out.startswith("1 API token(s) of user 'alice' revoked")
+    with psycopg.connect(database_url) as conn:
+        assert conn.execute(
+            "SELECT count(*) FROM api_token WHERE revoked_at IS NULL"
+        ).fetchone() == (0,)
+    code = cli.main(["api-token", "revoke", "--user", "nobody", "--database-url", database_url])
+    _, err = capsys.readouterr()
+    assert code == 1 and "no user named 'nobody'" in err
 
 
 def _p(role: str, tenant: int | None) -> auth.Principal:
