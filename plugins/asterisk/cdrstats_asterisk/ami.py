@@ -161,7 +161,10 @@ class AmiLive:
         manager = _Manager(config, asyncio.get_running_loop())
         try:
             manager.connect()
-            await asyncio.wait_for(asyncio.shield(manager.connected), config.connect_timeout)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancellation
+            # that arrives as the awaited future completes (the live task would never stop).
+            async with asyncio.timeout(config.connect_timeout):
+                await asyncio.shield(manager.connected)
             login = manager.authenticated_future
             if login is None:
                 raise SourceError(f"AMI {config.where()}: no login was sent")
@@ -193,7 +196,8 @@ class AmiLive:
 
     async def _reply(self, future: Any, what: str) -> Any:
         try:
-            return await asyncio.wait_for(asyncio.shield(future), self.config.reply_timeout)
+            async with asyncio.timeout(self.config.reply_timeout):
+                return await asyncio.shield(future)
         except TimeoutError:
             raise AmiTimeout(
                 f"no answer to {what} within {self.config.reply_timeout:g} s"

@@ -1,7 +1,7 @@
 """Helpers for the asterisk plugin tests: rows as Asterisk writes them, the real schemas on
 the real MariaDB / PostgreSQL servers and SQLite files, and a loop that drives `read()`.
 
-The AMI peer is in ami_peer.py.
+The AMI peer is in asterisk_ami_testkit.py.
 """
 
 from __future__ import annotations
@@ -307,7 +307,8 @@ async def aiter_n(agen: AsyncIterator[Any], n: int, deadline_s: float = 10.0) ->
             if len(out) >= n:
                 return
 
-    await asyncio.wait_for(take(), deadline_s)
+    async with asyncio.timeout(deadline_s):
+        await take()
     return out
 
 

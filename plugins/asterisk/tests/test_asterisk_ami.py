@@ -1,4 +1,5 @@
-"""Live calls over AMI against a protocol-faithful peer on a real TCP socket (ami_peer.py).
+"""Live calls over AMI against a protocol-faithful peer on a real TCP socket
+(asterisk_ami_testkit.py).
 
 Streams played by the peer: the recorded reference stream (panoramisk's fixture, Asterisk 11,
 read from ../shared/reference) and streams/pjsip_outbound_call.ami, written by hand after
@@ -15,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
-from ami_peer import AmiPeer, channel, recorded_events
+from asterisk_ami_testkit import AmiPeer, channel, recorded_events
 from asterisk_testkit import REFERENCE, make_source
 from cdrstats_agent.errors import SourceError
 from cdrstats_agent.options import Options

@@ -16,7 +16,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from ami_peer import AmiPeer, channel
+from asterisk_ami_testkit import AmiPeer, channel
 from asterisk_testkit import (
     COLUMNS_21,
     REFERENCE,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ami_peer import channel
+from asterisk_ami_testkit import channel
 from cdrstats_asterisk.livestate import LiveState
 
 
