@@ -60,22 +60,27 @@ def _ratio(num: int, den: int, scale: float = 1.0, digits: int = 2) -> float | N
 
 def kpis(values: Sequence[Any]) -> dict[str, Any]:
     """The KPI object from the summed metric columns (in `METRICS` order)."""
-    v = dict(zip(METRICS, (int(x or 0) for x in values), strict=True))
+    calls, answered, busy, no_answer, failed, cancelled, ner_ok, dur, bill, ring, rings = (
+        int(x or 0) for x in values
+    )
     return {
-        "calls": v["calls"],
-        "answered": v["answered"],
-        "busy": v["busy"],
-        "no_answer": v["no_answer"],
-        "failed": v["failed"],
-        "cancelled": v["cancelled"],
-        "asr": _ratio(v["answered"], v["calls"], 100.0),
-        "ner": _ratio(v["ner_ok"], v["calls"], 100.0),
-        "acd": _ratio(v["billsec_sum"], v["answered"], digits=1),
-        "aloc": _ratio(v["duration_sum"], v["calls"], digits=1),
-        "minutes": round(v["billsec_sum"] / 60.0, 1),
-        "duration_minutes": round(v["duration_sum"] / 60.0, 1),
-        "ring_avg": _ratio(v["ring_time_sum"], v["ring_count"], digits=1),
+        "calls": calls,
+        "answered": answered,
+        "busy": busy,
+        "no_answer": no_answer,
+        "failed": failed,
+        "cancelled": cancelled,
+        "asr": round(answered * 100.0 / calls, 2) if calls else None,
+        "ner": round(ner_ok * 100.0 / calls, 2) if calls else None,
+        "acd": round(bill / answered, 1) if answered else None,
+        "aloc": round(dur / calls, 1) if calls else None,
+        "minutes": round(bill / 60.0, 1),
+        "duration_minutes": round(dur / 60.0, 1),
+        "ring_avg": round(ring / rings, 1) if rings else None,
     }
+
+
+_ZERO = (0,) * len(METRICS)
 
 
 def _filters(args: Mapping[str, Any], params: dict[str, Any], *, switch: bool = True) -> str:
@@ -188,12 +193,12 @@ async def series(
         peak = {r[0]: int(r[1]) for r in peaks}
         moment = lo
         while moment < hi:
-            local = moment.astimezone(tz)
+            iso = moment.astimezone(tz).isoformat()
             buckets.append(
                 {
-                    "start": local.isoformat(),
-                    "label": local.strftime("%Y-%m-%d %H:%M"),
-                    **kpis(by_hour.get(moment, (0,) * len(METRICS))),
+                    "start": iso,
+                    "label": f"{iso[:10]} {iso[11:16]}",
+                    **kpis(by_hour.get(moment, _ZERO)),
                     "peak_concurrent": peak.get(moment, 0),
                 }
             )
