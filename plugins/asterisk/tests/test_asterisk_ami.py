@@ -9,7 +9,6 @@ Asterisk 13+'s documented event fields (Linkedid, DialBegin/DialEnd, Timestamp).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -75,8 +74,8 @@ class Events:
 
     async def close(self) -> None:
         self.task.cancel()
-        with contextlib.suppress(BaseException):
-            await self.task
+        await asyncio.wait({self.task}, timeout=10)  # bounded, and our own cancel still works
+        assert self.task.done(), "live() did not stop when cancelled"
 
 
 async def test_snapshot_on_login_then_call_events(peer: AmiPeer) -> None:
