@@ -20,6 +20,7 @@ from kamailio_testkit import (
     Rig,
     Uas,
     binaries_missing,
+    drop_stale_databases,
 )
 
 
@@ -37,6 +38,7 @@ def kamailio_reference() -> Path:
     path = REFERENCE / "kamailio"
     if not path.is_dir():
         pytest.fail(f"reference data not found at {path} (../shared/reference beside the repo)")
+    drop_stale_databases()
     return path
 
 

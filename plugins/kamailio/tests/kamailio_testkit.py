@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -127,6 +128,34 @@ def sql_statements(text: str) -> list[str]:
             out.append("\n".join(current).rstrip().rstrip(";"))
             current = []
     return out
+
+
+_OURS = re.compile(r"^cdrstats_(?:bench_)?kam_[a-z]*(\d+)(?:_\d+)?$")
+
+
+def drop_stale_databases() -> list[str]:
+    """Drop the scratch databases of test processes that died before their teardown."""
+    conn = pymysql.connect(**MYSQL, autocommit=True)
+    dropped = []
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SHOW DATABASES LIKE 'cdrstats%'")
+            for (name,) in cur.fetchall():
+                match = _OURS.match(name)
+                if match is None or int(match[1]) == os.getpid():
+                    continue
+                try:
+                    os.kill(int(match[1]), 0)
+                    continue  # its process still runs
+                except ProcessLookupError:
+                    pass
+                except PermissionError:
+                    continue
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+                dropped.append(name)
+    finally:
+        conn.close()
+    return dropped
 
 
 class KamailioDB:
