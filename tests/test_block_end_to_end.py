@@ -6,6 +6,7 @@ agent, reported and audited."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Iterator
@@ -210,3 +211,88 @@ def test_refusals_are_reported_and_audited(rig: Rig) -> None:
             "SELECT count(*) FROM audit_log WHERE action = 'command.refused'"
         ).fetchone()
     assert refused is not None and refused[0] == 5  # allowlisted + the four above
+
+
+class BanList:
+    """A source with a native blocklist (as Kamailio's htable); counts what it runs."""
+
+    name = "kam1"
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def actions(self) -> dict[str, Any]:
+        async def block(args: Any) -> str:
+            self.calls.append(f"block {args['ip']}")
+            return "banned"
+
+        async def unblock(args: Any) -> str:
+            self.calls.append(f"unblock {args['ip']}")
+            return "unbanned"
+
+        return {"block_ip": block, "unblock_ip": unblock}
+
+
+async def test_a_lost_result_is_reported_later_and_nothing_runs_twice(
+    collector_server: CollectorServer, tmp_path: Path
+) -> None:
+    """The agent runs a command, its result is lost (crash, network), it restarts: the stored
+    result reaches the collector (after failing over from a dead URL), nothing runs again."""
+    import asyncio
+    import socket
+
+    from cdrstats_agent.commands import Allowlist, CommandChannel, Executor
+    from cdrstats_agent.config import ActionSettings
+    from cdrstats_agent.firewall import FirewallSettings, make_backend
+    from cdrstats_collector import cli
+
+    enrolled = collector_server.enroll("acme", "kam")
+    db = collector_server.database_url
+    argv = ["block", "192.0.2.66", "--switch", "kam", "--tenant", "acme", "--database-url", db]
+    assert await asyncio.to_thread(cli.main, argv) == 0
+    source = BanList()
+
+    def executor() -> Executor:
+        return Executor(
+            ActionSettings(poll_wait_s=1),
+            make_backend(FirewallSettings()),
+            [source],  # type: ignore[list-item]
+            agent_id=enrolled.agent_id,
+            collector_key=wire.verify_key_from_text(enrolled.collector_public_key),
+            state_dir=tmp_path,
+            allowlist=Allowlist([], [collector_server.url], own=set, resolve=lambda u: set()),
+        )
+
+    first = CommandChannel(executor(), urls=[collector_server.url], key=enrolled.key)
+    async with httpx.AsyncClient(timeout=30) as client:
+        deliveries = await first._poll(client, 0)
+    assert len(deliveries) == 1
+    result = await first.executor.handle(*deliveries[0])
+    assert result.status == "done" and source.calls == ["block 192.0.2.66"]
+    # ... and the agent dies before reporting it: the collector still has it pending.
+
+    def status() -> str:
+        with psycopg.connect(db) as conn:
+            row = conn.execute("SELECT status FROM command WHERE id = %s", (result.id,)).fetchone()
+        return str(row[0]) if row else "?"
+
+    assert status() == "pending"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}"
+    second = CommandChannel(
+        executor(), urls=[dead, collector_server.url], key=enrolled.key, backoff_max_s=0.2
+    )
+    task = asyncio.create_task(second.run())
+    try:
+        for _ in range(300):
+            if status() != "pending":
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert status() == "done"
+    assert source.calls == ["block 192.0.2.66"]
+    assert second.executor.state.unreported == []
