@@ -18,6 +18,7 @@
     cdrstats block IP --switch NAME --tenant T [--ttl 1h] [--dry-run]
     cdrstats unblock IP --switch NAME --tenant T [--dry-run]
     cdrstats blocks --tenant T [--commands]
+    cdrstats allowlist add NETWORK [--tenant T] [--note TEXT] | list | delete NETWORK [--tenant T]
 
 Every command takes --database-url (else $CDRSTATS_DATABASE_URL, else [database] url in
 /etc/cdrstats/collector.toml or the --config file) and --embedded [DIR] (an embedded
@@ -388,6 +389,33 @@ def cmd_api_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_allowlist_add(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        tid = tenants.tenant_id(conn, args.tenant) if args.tenant else None
+        net = commands.allowlist_add(conn, args.network, tid, args.note)
+    print(f"{net} can never be blocked ({'tenant ' + repr(args.tenant) if tid else 'any tenant'})")
+    return 0
+
+
+def cmd_allowlist_delete(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        tid = tenants.tenant_id(conn, args.tenant) if args.tenant else None
+        if not commands.allowlist_delete(conn, args.network, tid):
+            raise tenants.AdminError(f"{args.network} is not in the allowlist")
+    print(f"{args.network} removed from the allowlist")
+    return 0
+
+
+def cmd_allowlist_list(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        for tenant, net, note in commands.allowlist_list(conn):
+            print(f"{tenant or '*'}\t{net}\t{note}")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -519,6 +547,18 @@ def build_parser() -> argparse.ArgumentParser:
     blocks = command(sub, "blocks", cmd_blocks, "active blocks of a tenant (and recent commands)")
     blocks.add_argument("--tenant", required=True)
     blocks.add_argument("--commands", action="store_true", help="also list recent commands")
+
+    allow = sub.add_parser("allowlist", help="addresses that can never be blocked").add_subparsers(
+        dest="allowlist_command", required=True, metavar="COMMAND"
+    )
+    aadd = command(allow, "add", cmd_allowlist_add, "add a network (or one address)")
+    aadd.add_argument("network")
+    aadd.add_argument("--tenant", help="only for this tenant (default: every tenant)")
+    aadd.add_argument("--note", default="", help="why (shown when a block is refused)")
+    adel = command(allow, "delete", cmd_allowlist_delete, "remove a network")
+    adel.add_argument("network")
+    adel.add_argument("--tenant")
+    command(allow, "list", cmd_allowlist_list, "list the allowlist")
     return parser
 
 

@@ -408,6 +408,53 @@ async def record_result(
     return "stored"
 
 
+# --- the collector's allowlist (operator entries) ---------------------------------------------
+
+
+def allowlist_add(
+    conn: psycopg.Connection[Any], network: str, tenant_id: int | None, note: str = ""
+) -> str:
+    """Add a network that can never be blocked (for one tenant, or every tenant); idempotent."""
+    import ipaddress
+
+    try:
+        net = ipaddress.ip_network(network.strip(), strict=False)
+    except ValueError:
+        raise CommandError(f"{network!r} is not an IP address or network") from None
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO block_allowlist (tenant_id, network, note) VALUES (%s, %s, %s)"
+            " ON CONFLICT (coalesce(tenant_id, 0), network) DO UPDATE SET note = EXCLUDED.note",
+            (tenant_id, str(net), note),
+        )
+    return str(net)
+
+
+def allowlist_delete(conn: psycopg.Connection[Any], network: str, tenant_id: int | None) -> bool:
+    import ipaddress
+
+    try:
+        network = str(ipaddress.ip_network(network.strip(), strict=False))
+    except ValueError:
+        raise CommandError(f"{network!r} is not an IP address or network") from None
+    with conn.transaction():
+        cur = conn.execute(
+            "DELETE FROM block_allowlist WHERE coalesce(tenant_id, 0) = coalesce(%s, 0)"
+            " AND network = %s::cidr",
+            (tenant_id, network),
+        )
+    return cur.rowcount > 0
+
+
+def allowlist_list(conn: psycopg.Connection[Any]) -> list[tuple[str | None, str, str]]:
+    """(tenant name or None for every tenant, network, note)."""
+    rows = conn.execute(
+        "SELECT t.name, b.network::text, b.note FROM block_allowlist b"
+        " LEFT JOIN tenant t ON t.id = b.tenant_id ORDER BY t.name NULLS FIRST, b.network"
+    ).fetchall()
+    return [(r[0], str(r[1]), str(r[2])) for r in rows]
+
+
 # --- waking long polls (one LISTEN connection per collector process) --------------------------
 
 

@@ -390,3 +390,20 @@ def test_openapi_documents_the_command_routes() -> None:
         "/api/v1/agent/commands/result",
     }
     assert routes <= set(paths)
+
+
+def test_cli_allowlist(world: World, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ["--database-url", world.server.database_url]
+    add = ["allowlist", "add", "198.51.100.7", "--tenant", "acme", "--note", "billing", *db]
+    assert cli.main(add) == 0
+    assert "198.51.100.7/32 can never be blocked (tenant 'acme')" in capsys.readouterr().out
+    r = block(world, ip="198.51.100.7")
+    assert r.status_code == 422 and "198.51.100.7/32, billing" in r.json()["error"]
+    assert cli.main(["allowlist", "list", *db]) == 0
+    assert "acme\t198.51.100.7/32\tbilling" in capsys.readouterr().out
+    assert cli.main(["allowlist", "add", "not-a-net", *db]) == 1
+    assert "not an IP address or network" in capsys.readouterr().err
+    assert cli.main(["allowlist", "delete", "198.51.100.7", "--tenant", "acme", *db]) == 0
+    assert cli.main(["allowlist", "delete", "198.51.100.7", "--tenant", "acme", *db]) == 1
+    assert "is not in the allowlist" in capsys.readouterr().err
+    assert block(world, ip="198.51.100.7").status_code == 201
