@@ -271,7 +271,8 @@ class CollectorServer:
             except tenants.UnknownTenant:
                 tid = tenants.add_tenant(conn, tenant)
             sid = tenants.ensure_switch(conn, tid, switch)
-            return enroll.create_token(conn, tid, sid, ttl)
+            token: str = enroll.create_token(conn, tid, sid, ttl)
+            return token
 
     def enroll(
         self, tenant: str = "acme", switch: str = "sw1", key: SigningKey | None = None
