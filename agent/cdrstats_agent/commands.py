@@ -39,7 +39,7 @@ import os
 import random
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -297,7 +297,11 @@ class Executor:
         async with self._lock:
             known = self.state.results.get(delivery_id)
             if known is not None:
+                # Delivered again: the collector does not have the result, report it again.
                 log.info("command_redelivered", id=delivery_id, status=known.status)
+                if delivery_id not in self.state.unreported:
+                    self.state.unreported.append(delivery_id)
+                    await asyncio.to_thread(self.state.save)
                 return known
             result = await self._handle(delivery_id, envelope)
             self.state.results[delivery_id] = result
@@ -389,8 +393,7 @@ class Executor:
         if dry:
             self._check_firewall()
             return f"dry-run: {await self.dry_firewall.block(ip, ttl)}"
-        await self._ensure_firewall()
-        return await self.firewall.block(ip, ttl)
+        return await self._firewall_call(lambda: self.firewall.block(ip, ttl))
 
     async def _unblock(self, ip: IPAddress, dry: bool) -> str:
         natives = self.native_sources()
@@ -399,8 +402,19 @@ class Executor:
         if dry:
             self._check_firewall()
             return f"dry-run: {await self.dry_firewall.unblock(ip)}"
+        return await self._firewall_call(lambda: self.firewall.unblock(ip))
+
+    async def _firewall_call(self, call: Callable[[], Awaitable[str]]) -> str:
         await self._ensure_firewall()
-        return await self.firewall.unblock(ip)
+        try:
+            return await call()
+        except FirewallError as exc:
+            # Someone may have flushed the ruleset (another firewall tool, a reload): set the
+            # table up again and try once more.
+            log.warning("firewall_retry", error=str(exc))
+            self._firewall_ready = False
+            await self._ensure_firewall()
+            return await call()
 
     async def _native(
         self, sources: list[Source], verb: str, args: dict[str, Any], dry: bool = False

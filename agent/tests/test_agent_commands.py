@@ -358,3 +358,40 @@ async def test_a_bad_collector_key_disables_commands_but_not_cdr_collection(
         await asyncio.wait_for(task, 10)
     finally:
         await peer.stop()
+
+
+async def test_nftables_table_removed_behind_the_agents_back_is_set_up_again(
+    tmp_path: Path, signer: Signer
+) -> None:
+    from tests.fix_netns import NetnsPair, nsrun, require
+
+    require("nft")
+    with NetnsPair.create() as pair:
+        actions = ActionSettings()
+        ex = Executor(
+            actions,
+            make_backend(FirewallSettings(backend="nftables", netns=pair.switch)),
+            [],
+            agent_id=AGENT,
+            collector_key=signer.key.verify_key,
+            state_dir=tmp_path,
+            allowlist=Allowlist([], [], own=set, resolve=lambda urls: set()),
+        )
+        first = await ex.handle(*signer.make(args={"ip": pair.peer_v4, "ttl": 600}))
+        assert first.status == "done", first
+        nsrun(pair.switch, "nft", "delete", "table", "inet", "cdrstats")
+        again = await ex.handle(*signer.make(args={"ip": pair.peer_v6, "ttl": 600}))
+        assert again.status == "done", again
+        listed = nsrun(pair.switch, "nft", "list", "set", "inet", "cdrstats", "blocked6").stdout
+        assert pair.peer_v6 in listed
+
+
+async def test_a_redelivered_command_is_reported_again(tmp_path: Path, signer: Signer) -> None:
+    src = BanListSource()
+    ex = make_executor(tmp_path, signer, src)
+    delivery = signer.make()
+    result = await ex.handle(*delivery)
+    await ex.reported([result.id])
+    assert ex.state.unreported == []
+    assert await ex.handle(*delivery) == result  # the collector did not get it after all
+    assert ex.state.unreported == [result.id] and len(src.calls) == 1
