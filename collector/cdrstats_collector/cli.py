@@ -19,6 +19,8 @@
     cdrstats unblock IP --switch NAME --tenant T [--dry-run]
     cdrstats blocks --tenant T [--commands]
     cdrstats allowlist add NETWORK [--tenant T] [--note TEXT] | list | delete NETWORK [--tenant T]
+    cdrstats import FILE --profile NAME --tenant T --switch S [--timezone TZ] [--report OUT.csv]
+    cdrstats import-profile add NAME --tenant T (--preset P | --file PROFILE.toml) | list --tenant T
 
 Every command takes --database-url (else $CDRSTATS_DATABASE_URL, else [database] url in
 /etc/cdrstats/collector.toml or the --config file) and --embedded [DIR] (an embedded
@@ -45,6 +47,7 @@ from . import (
     aggregates,
     auth,
     commands,
+    csvimport,
     dialplan,
     embedded,
     enroll,
@@ -416,6 +419,92 @@ def cmd_allowlist_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import getpass
+
+    from . import store
+
+    cfg = _settings(args)
+    if not args.file.is_file():
+        raise UsageError(f"{args.file}: no such file")
+    with _connect(cfg) as conn:
+        tid = tenants.tenant_id(conn, args.tenant)
+        sid = tenants.ensure_switch(conn, tid, args.switch)
+
+    def progress(job: csvimport.Progress) -> None:
+        if sys.stderr.isatty():
+            print(
+                f"\r{job.rows_read} rows read, {job.imported} imported,"
+                f" {job.duplicates} duplicates, {job.rejected} rejected",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    async def run() -> csvimport.Progress:
+        async with await psycopg.AsyncConnection.connect(
+            cfg.database_url, autocommit=True, connect_timeout=10
+        ) as conn:
+            importer = csvimport.Importer(
+                conn, store.Ingestor(), tenant_id=tid, switch_id=sid, progress=progress
+            )
+            return await importer.run(
+                args.file,
+                args.profile,
+                timezone=args.timezone,
+                created_by=f"cli:{getpass.getuser()}",
+            )
+
+    job = asyncio.run(run())
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(
+        f"{args.file.name}: {job.rows_read} rows read, {job.imported} imported,"
+        f" {job.duplicates} duplicates skipped, {job.rejected} rejected (job {job.job_id})"
+    )
+    with _connect(cfg) as conn:
+        for line, reason in csvimport.first_rejects(conn, tid, job.job_id):
+            print(f"  line {line}: {reason}")
+        if job.rejected > 10:
+            print(f"  ... {job.rejected - 10} more (--report FILE writes them all as CSV)")
+        if args.report is not None:
+            with open(args.report, "w", encoding="utf-8", newline="") as out:
+                n = csvimport.write_reject_report(conn, tid, job.job_id, out)
+            kept = f" (the first {n} kept)" if n < job.rejected else ""
+            print(f"rejected rows written to {args.report}{kept}")
+    return 0
+
+
+def cmd_import_profile_add(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    if (args.preset is None) == (args.file is None):
+        raise UsageError("give either --preset NAME or --file PROFILE.toml")
+    if args.file is not None:
+        try:
+            text = args.file.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"{args.file}: {exc.strerror}") from None
+        options = csvimport.profile_from_toml(text, str(args.file))
+    else:
+        options = {"preset": args.preset}
+    with _connect(cfg) as conn:
+        tid = tenants.tenant_id(conn, args.tenant)
+        csvimport.save_profile(conn, tid, args.name, options)
+    print(f"import profile {args.name!r} saved for tenant {args.tenant!r}")
+    return 0
+
+
+def cmd_import_profile_list(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        tid = tenants.tenant_id(conn, args.tenant)
+        found = csvimport.list_profiles(conn, tid)
+    for name, options, builtin in found:
+        kind = "built-in" if builtin else "tenant"
+        print(f"{name}\t{kind}\t{csvimport.profile_options_text(options)}")
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 
@@ -559,6 +648,24 @@ def build_parser() -> argparse.ArgumentParser:
     adel.add_argument("network")
     adel.add_argument("--tenant")
     command(allow, "list", cmd_allowlist_list, "list the allowlist")
+
+    imp = command(sub, "import", cmd_import, "import a CSV file of CDRs (docs/csv-import.md)")
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--profile", required=True, help="import profile (asterisk, ... or saved)")
+    imp.add_argument("--tenant", required=True)
+    imp.add_argument("--switch", required=True, help="switch name (created if missing)")
+    imp.add_argument("--timezone", help="IANA zone of the file's local times (default: tenant's)")
+    imp.add_argument("--report", type=Path, help="write the rejected rows to this CSV file")
+    iprof = sub.add_parser("import-profile", help="CSV import profiles").add_subparsers(
+        dest="import_profile_command", required=True, metavar="COMMAND"
+    )
+    ipadd = command(iprof, "add", cmd_import_profile_add, "save a named mapping for a tenant")
+    ipadd.add_argument("name")
+    ipadd.add_argument("--tenant", required=True)
+    ipadd.add_argument("--preset", choices=sorted(csvimport.BUILTIN_PROFILES))
+    ipadd.add_argument("--file", type=Path, help="TOML file: the CSV plugin's mapping options")
+    iplist = command(iprof, "list", cmd_import_profile_list, "list a tenant's import profiles")
+    iplist.add_argument("--tenant", required=True)
     return parser
 
 

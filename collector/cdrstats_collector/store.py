@@ -30,7 +30,7 @@ import operator
 import re
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -431,6 +431,47 @@ class Ingestor:
             except pgerrors.DeadlockDetected as exc:
                 raise StoreUnavailable("aggregate update deadlocked; retry") from exc
         return Stored(ack)
+
+    async def store_unbatched(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ref: AgentRef,
+        prepared: Prepared,
+        finish: Callable[[int], Awaitable[None]] | None = None,
+    ) -> int:
+        """The ingest transaction without the agent batch protocol (CSV imports, csvimport.py).
+
+        Same partitions, classification, dedup load, aggregates and `NOTIFY cdr_ingest` as
+        `store`, but no agent row is locked and no `ingest_batch` is recorded: `ref.id` is
+        only written to `cdr.agent_id`. `finish(accepted)` runs inside the transaction (the
+        caller's own bookkeeping, committed with the rows). Returns the rows inserted.
+        """
+        await partitions.ensure(conn, prepared.months, self.partitions)
+        async with conn.transaction():
+            ctx = await self._context(conn, ref)
+            self.classify_rows(prepared.rows, ctx.plan)
+            accepted, facts = await self._load(conn, prepared.rows)
+            if accepted:
+                grouped = aggregates.group(facts, ctx.days)
+                notify = json.dumps(
+                    {
+                        "tenant_id": ref.tenant_id,
+                        "switch_id": ref.switch_id,
+                        "agent_id": str(ref.id),
+                        "accepted": accepted,
+                    }
+                )
+                try:
+                    async with conn.pipeline():
+                        await aggregates.apply(
+                            conn, grouped, ref.tenant_id, ref.switch_id, ctx.days.timezone
+                        )
+                        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, notify))
+                except pgerrors.DeadlockDetected as exc:
+                    raise StoreUnavailable("aggregate update deadlocked; retry") from exc
+            if finish is not None:
+                await finish(accepted)
+        return accepted
 
     async def _load(
         self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]

@@ -213,6 +213,7 @@ def read_mapping(table: MappingABC[str, Any], prefix: str = "") -> tuple[Mapping
         zone = UTC
 
     duration_unit = opts.choice("duration_unit", DURATION_UNITS, "s")
+    decimal_comma = opts.flag("decimal_comma", False)
 
     dispositions: dict[str, Disposition] = {}
     raw_map = opts.table("disposition_map", {})
@@ -287,6 +288,7 @@ def read_mapping(table: MappingABC[str, Any], prefix: str = "") -> tuple[Mapping
         trunks=trunks,
         encoding=encoding,
         broken_quotes=broken_quotes or "recover",
+        decimal_comma=decimal_comma,
     )
     pattern = preset.pattern if preset else "*.csv"
     return MappingConfig(Mapping(spec), preset, pattern), opts

@@ -130,6 +130,8 @@ class MappingSpec:
     encoding: str = "utf-8"
     broken_quotes: str = "recover"
     """Template records with a `"` inside a value: `recover` (when unambiguous) or `reject`."""
+    decimal_comma: bool = False
+    """Numbers in duration columns are written `12,5` (spreadsheets in many locales)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -377,6 +379,8 @@ class Mapping:
                 durations[name] = None
                 continue
             value, index, _ = got
+            if spec.decimal_comma:
+                value = value.replace(",", ".")
             try:
                 durations[name] = parse_duration(value, spec.duration_unit)
             except StampError as exc:

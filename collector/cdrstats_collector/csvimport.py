@@ -1,0 +1,547 @@
+"""CSV import: a file from any switch or carrier, mapped and stored like an agent's batches.
+
+One mapping engine: the agent's CSV plugin (`cdrstats_csv`): a profile is a set of its mapping
+options (the keys of a `[[source]]` table, see plugins/csv/README.md), read with
+`cdrstats_csv.config.mapping_from_options`; what the profile leaves open (encoding, delimiter,
+header, decimal comma) is guessed from the file's first 64 KiB (`cdrstats_csv.detect`), and
+records are cut with `cdrstats_csv.records.split_records` (quoted newlines).
+
+The file is read in 1 MiB chunks and stored in batches of `BATCH_ROWS` CDRs through
+`store.Ingestor.store_unbatched`: the same classification, dedup load (the cdr primary key
+(tenant, switch, start, key) drops rows already stored: re-importing a file, or an overlapping
+one, inserts nothing twice), aggregates and `NOTIFY cdr_ingest` as agent batches. Memory
+stays flat whatever the file size.
+
+Each batch's transaction also advances the `import_job` row (rows read, imported, duplicates,
+rejected), keeps its rejected rows in `import_reject` (at most `MAX_REJECTS_KEPT` per job) and
+sends `NOTIFY cdrstats_import` with the job's counters (payload: see docs/csv-import.md).
+
+Imported CDRs carry `cdr.agent_id = import_agent_id(tenant)`, a per-tenant uuid5 with no
+agent row (nothing can authenticate as it, and remote commands never target it); the job row
+records it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import os
+import re
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+from cdrstats_agent import wire
+from cdrstats_agent.errors import ConfigError
+from cdrstats_csv import detect as csvdetect
+from cdrstats_csv.config import mapping_from_options
+from cdrstats_csv.mapping import Mapping, Rejection
+from cdrstats_csv.presets import PRESET_NAMES
+from cdrstats_csv.records import split_records
+from psycopg.types.json import Jsonb
+
+from . import store, tenants
+
+NOTIFY_CHANNEL = "cdrstats_import"
+BATCH_ROWS = 5_000
+CHUNK_BYTES = 1 << 20
+MAX_REJECTS_KEPT = 10_000
+"""Rejected rows kept per job (line, reason, raw text); beyond, they are only counted."""
+MAX_RAW_CHARS = 1_000
+"""The raw text of a rejected row is kept up to this length."""
+STORE_RETRIES = 3
+
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+    name: {"preset": name} for name in PRESET_NAMES if name != "freeswitch-template"
+}
+"""Profiles every tenant has: Asterisk Master.csv and the two stock FreeSWITCH templates."""
+
+_IMPORT_NAMESPACE = uuid.UUID("5d0c7e2a-4b1f-5a57-9c1e-63647273696d")
+_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+_INDEX = re.compile(r"^cdrs\[(\d+)\]")
+
+
+class CsvImportError(tenants.AdminError):
+    """The file cannot be imported at all (empty, binary, no usable header); says why."""
+
+
+def import_agent_id(tenant_id: int) -> uuid.UUID:
+    """The `cdr.agent_id` of CDRs imported for a tenant (no agent row has this id)."""
+    return uuid.uuid5(_IMPORT_NAMESPACE, f"import:{tenant_id}")
+
+
+# --- profiles ---------------------------------------------------------------------------------
+
+
+def check_profile(options: dict[str, Any]) -> None:
+    """Raise ConfigError (naming the key) when `options` is not a usable mapping.
+
+    Header presence and delimiter may be left open (guessed from each file).
+    """
+    trial = dict(options)
+    if "preset" not in trial and "column_names" not in trial:
+        trial.setdefault("header", True)
+    mapping_from_options(trial, "profile")
+
+
+def save_profile(
+    conn: psycopg.Connection[Any], tenant_id: int, name: str, options: dict[str, Any]
+) -> None:
+    """Create or replace a tenant's named profile (validated first)."""
+    if not _PROFILE_NAME.match(name):
+        raise tenants.InvalidArgument(
+            f"profile name {name!r}: letters, digits, space, '.', '_', '-' (at most 64)"
+        )
+    if name in BUILTIN_PROFILES:
+        raise tenants.InvalidArgument(f"{name!r} is a built-in profile; choose another name")
+    check_profile(options)
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO import_profile (tenant_id, name, options) VALUES (%s, %s, %s)"
+            " ON CONFLICT (tenant_id, name) DO UPDATE"
+            " SET options = EXCLUDED.options, updated_at = now()",
+            (tenant_id, name, Jsonb(options)),
+        )
+
+
+def list_profiles(
+    conn: psycopg.Connection[Any], tenant_id: int
+) -> list[tuple[str, dict[str, Any], bool]]:
+    """(name, options, built-in) of every profile the tenant can use."""
+    rows = conn.execute(
+        "SELECT name, options FROM import_profile WHERE tenant_id = %s ORDER BY name",
+        (tenant_id,),
+    ).fetchall()
+    found = [(name, dict(opts), True) for name, opts in BUILTIN_PROFILES.items()]
+    return found + [(str(r[0]), dict(r[1]), False) for r in rows]
+
+
+async def load_profile(
+    conn: psycopg.AsyncConnection[Any], tenant_id: int, name: str
+) -> dict[str, Any]:
+    if name in BUILTIN_PROFILES:
+        return dict(BUILTIN_PROFILES[name])
+    cur = await conn.execute(
+        "SELECT options FROM import_profile WHERE tenant_id = %s AND name = %s", (tenant_id, name)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        known = ", ".join(BUILTIN_PROFILES)
+        raise tenants.InvalidArgument(
+            f"unknown import profile {name!r}: built-in ones are {known};"
+            " add one with `cdrstats import-profile add`"
+        )
+    return dict(row[0])
+
+
+def resolve_options(
+    profile: dict[str, Any], detected: csvdetect.Detected, timezone: str | None
+) -> dict[str, Any]:
+    """The profile's options completed with what was detected in the file.
+
+    The profile wins; `timezone` (the caller's: the command line, else the tenant's) applies
+    when the profile names none.
+    """
+    opts = dict(profile)
+    if "preset" not in opts:
+        opts.setdefault("delimiter", detected.delimiter)
+        if "column_names" not in opts:
+            opts.setdefault("header", detected.header)
+        if detected.decimal_comma:
+            opts.setdefault("decimal_comma", True)
+    opts.setdefault("encoding", detected.encoding)
+    if timezone is not None and "timezone" not in opts and not opts.get("usegmtime"):
+        opts["timezone"] = timezone
+    return opts
+
+
+# --- the import -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Progress:
+    """A job's counters (as in its `import_job` row and NOTIFY payloads)."""
+
+    job_id: uuid.UUID
+    tenant_id: int
+    status: str = "running"
+    rows_read: int = 0
+    imported: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    error: str | None = None
+    rejects_kept: int = 0
+
+    def payload(self) -> str:
+        return json.dumps(
+            {
+                "tenant_id": self.tenant_id,
+                "job_id": str(self.job_id),
+                "status": self.status,
+                "rows_read": self.rows_read,
+                "imported": self.imported,
+                "duplicates": self.duplicates,
+                "rejected": self.rejected,
+                "error": self.error,
+            }
+        )
+
+
+@dataclass(slots=True)
+class _Batch:
+    rows: list[list[Any]] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    rejects: list[tuple[int, str, str]] = field(default_factory=list)
+    read: int = 0
+
+
+_PROGRESS = (
+    "UPDATE import_job SET rows_read = %(read)s, imported = %(imported)s,"
+    " duplicates = %(duplicates)s, rejected = %(rejected)s, status = %(status)s,"
+    " error = %(error)s, updated_at = now(),"
+    " finished_at = CASE WHEN %(status)s = 'running' THEN NULL ELSE now() END"
+    " WHERE tenant_id = %(tenant)s AND id = %(job)s"
+)
+
+
+def _head(path: Path) -> tuple[int, bytes]:
+    """(size, first SAMPLE_BYTES) of a file."""
+    with open(path, "rb") as fh:
+        return os.fstat(fh.fileno()).st_size, fh.read(csvdetect.SAMPLE_BYTES)
+
+
+def _raw_text(data: bytes, encoding: str) -> str:
+    text = data.decode(encoding, errors="replace").replace("\x00", "\ufffd")
+    return text[:MAX_RAW_CHARS]
+
+
+class Importer:
+    """Imports one file for one tenant and switch (see the module doc)."""
+
+    def __init__(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ingestor: store.Ingestor,
+        *,
+        tenant_id: int,
+        switch_id: int,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.ingestor = ingestor
+        self.tenant_id = tenant_id
+        self.switch_id = switch_id
+        self.ref = store.AgentRef(import_agent_id(tenant_id), tenant_id, switch_id)
+        self.on_progress = progress
+
+    async def _tenant_timezone(self) -> str:
+        cur = await self.conn.execute(
+            "SELECT timezone FROM tenant WHERE id = %s", (self.tenant_id,)
+        )
+        row = await cur.fetchone()
+        return str(row[0]) if row else "UTC"
+
+    async def run(
+        self,
+        path: Path,
+        profile_name: str,
+        *,
+        timezone: str | None = None,
+        created_by: str = "",
+        job_id: uuid.UUID | None = None,
+        file_name: str | None = None,
+    ) -> Progress:
+        """Import `path`; returns the finished job's counters.
+
+        Raises ConfigError / InvalidArgument for a bad or unknown profile (no job is created),
+        CsvImportError when the file cannot be read as CSV at all (the job is recorded as
+        failed with the same message).
+        """
+        profile = await load_profile(self.conn, self.tenant_id, profile_name)
+        zone = timezone or await self._tenant_timezone()
+        size, sample = await asyncio.to_thread(_head, path)
+        job = Progress(job_id or uuid.uuid4(), self.tenant_id)
+        name = file_name or path.name
+        try:
+            detected = csvdetect.detect(sample, complete=len(sample) >= size)
+        except csvdetect.NotText as exc:
+            await self._create_job(job, profile_name, profile, name, size, created_by)
+            await self._fail(job, f"{name}: {exc}")
+            raise CsvImportError(f"{name}: {exc}") from None
+        options = resolve_options(profile, detected, zone)
+        mapping = mapping_from_options(options, "profile")
+        await self._create_job(job, profile_name, options, name, size, created_by)
+        try:
+            await self._stream(path, mapping, detected.bom, job)
+        except CsvImportError as exc:
+            await self._fail(job, str(exc))
+            raise
+        except BaseException as exc:
+            await self._fail(job, f"import stopped: {type(exc).__name__}: {exc}")
+            raise
+        job.status = "done"
+        await self._update(job, _Batch())
+        return job
+
+    async def _create_job(
+        self,
+        job: Progress,
+        profile: str,
+        options: dict[str, Any],
+        name: str,
+        size: int,
+        created_by: str,
+    ) -> None:
+        async with self.conn.transaction():
+            await self.conn.execute(
+                "INSERT INTO import_job (tenant_id, id, switch_id, agent_id, profile, options,"
+                " file_name, file_size, created_by) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                (
+                    self.tenant_id,
+                    job.job_id,
+                    self.switch_id,
+                    self.ref.id,
+                    profile,
+                    Jsonb(options),
+                    name,
+                    size,
+                    created_by,
+                ),
+            )
+            await self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, job.payload()))
+
+    async def _fail(self, job: Progress, message: str) -> None:
+        job.status, job.error = "failed", message
+        try:
+            await self._update(job, _Batch())
+        except psycopg.Error:
+            pass  # the connection is gone: the job stays 'running' (its updated_at tells)
+
+    async def _write_progress(self, job: Progress, batch: _Batch) -> None:
+        """Inside a transaction: the job row, the kept rejects, the NOTIFY."""
+        keep = batch.rejects[: max(0, MAX_REJECTS_KEPT - job.rejects_kept)]
+        if keep:
+            async with self.conn.cursor() as cur:
+                await cur.executemany(
+                    "INSERT INTO import_reject (tenant_id, job_id, line, reason, raw)"
+                    " VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(self.tenant_id, job.job_id, line, why, raw) for line, why, raw in keep],
+                )
+        await self.conn.execute(
+            _PROGRESS,
+            {
+                "read": job.rows_read,
+                "imported": job.imported,
+                "duplicates": job.duplicates,
+                "rejected": job.rejected,
+                "status": job.status,
+                "error": job.error,
+                "tenant": self.tenant_id,
+                "job": job.job_id,
+            },
+        )
+        await self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, job.payload()))
+        job.rejects_kept += len(keep)
+
+    async def _update(self, job: Progress, batch: _Batch) -> None:
+        job.rows_read += batch.read
+        job.rejected += len(batch.rejects)
+        async with self.conn.transaction():
+            await self._write_progress(job, batch)
+        if self.on_progress is not None:
+            self.on_progress(job)
+
+    async def _flush(self, job: Progress, batch: _Batch) -> None:
+        if not batch.rows:
+            if batch.read or batch.rejects:
+                await self._update(job, batch)
+            return
+        now = wire.now_us()
+        prepared = self.ingestor.prepare(self.ref, batch.rows, now)
+        lines = batch.lines
+        for attempt in range(STORE_RETRIES + len(prepared.rows)):
+            counted = len(prepared.rows)
+
+            async def finish(accepted: int, counted: int = counted) -> None:
+                job.rows_read += batch.read
+                job.rejected += len(batch.rejects)
+                job.imported += accepted
+                job.duplicates += counted - accepted
+                try:
+                    await self._write_progress(job, batch)
+                except BaseException:
+                    job.rows_read -= batch.read
+                    job.rejected -= len(batch.rejects)
+                    job.imported -= accepted
+                    job.duplicates -= counted - accepted
+                    raise
+
+            try:
+                await self.ingestor.store_unbatched(self.conn, self.ref, prepared, finish)
+            except store.BadRows as exc:
+                # One row the database refuses: reject it, store the others.
+                match = _INDEX.match(str(exc))
+                if match is None or int(match[1]) >= len(prepared.rows):
+                    raise CsvImportError(f"a batch was refused by the database: {exc}") from None
+                i = int(match[1])
+                reason = str(exc)[match.end() :].lstrip(": ")
+                batch.rejects.append((lines[i], f"refused by the database: {reason}", ""))
+                del prepared.rows[i]
+                del lines[i]
+                continue
+            except store.StoreUnavailable:
+                if attempt >= STORE_RETRIES:
+                    raise
+                continue
+            if self.on_progress is not None:
+                self.on_progress(job)
+            return
+        raise CsvImportError("a batch could not be stored (too many refused rows)")
+
+    async def _stream(self, path: Path, mapping: Mapping, bom: bool, job: Progress) -> None:
+        min_us, max_us = store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US
+        header: tuple[str, ...] | None = None
+        want_header = mapping.header
+        encoding = mapping.encoding
+        batch = _Batch()
+        line = 1
+        buf = b""
+        fh = await asyncio.to_thread(open, path, "rb")
+        with fh:
+            if bom:
+                fh.read(3)
+            while True:
+                chunk = await asyncio.to_thread(fh.read, CHUNK_BYTES)
+                final = not chunk
+                buf = buf + chunk if buf else chunk
+                split = split_records(
+                    buf,
+                    first_line=line,
+                    quote=mapping.quote_byte,
+                    max_lines=mapping.max_record_lines,
+                    final=final,
+                    accept=mapping.plausible,
+                )
+                buf = buf[split.consumed :]
+                line += split.lines
+                for record in split.records:
+                    if want_header and header is None:
+                        parsed = mapping.parse_header(record.data)
+                        if isinstance(parsed, Rejection):
+                            raise CsvImportError(f"line {record.line}: {parsed.reason}")
+                        header = parsed
+                        continue
+                    batch.read += 1
+                    if b"\x00" in record.data:
+                        batch.rejects.append(
+                            (
+                                record.line,
+                                "holds a NUL byte (binary data)",
+                                _raw_text(record.data, encoding),
+                            )
+                        )
+                        continue
+                    result = mapping.map_record(record.data, header)
+                    if isinstance(result, Rejection):
+                        batch.rejects.append(
+                            (record.line, result.reason, _raw_text(record.data, encoding))
+                        )
+                        continue
+                    row = wire.cdr_to_row(result)
+                    start = row[1]
+                    if start < min_us or start > max_us:
+                        when = result.start.isoformat()
+                        why = (
+                            f"start {when} is before 2000"
+                            if start < min_us
+                            else f"start {when} is more than a day in the future"
+                        )
+                        batch.rejects.append((record.line, why, _raw_text(record.data, encoding)))
+                        continue
+                    batch.rows.append(row)
+                    batch.lines.append(record.line)
+                    if len(batch.rows) >= BATCH_ROWS:
+                        await self._flush(job, batch)
+                        batch = _Batch()
+                if len(batch.rejects) >= BATCH_ROWS:
+                    await self._flush(job, batch)
+                    batch = _Batch()
+                if final:
+                    break
+        if want_header and header is None:
+            raise CsvImportError(f"{path.name}: no header line (the file holds no records)")
+        await self._flush(job, batch)
+
+
+# --- reports ----------------------------------------------------------------------------------
+
+
+def write_reject_report(
+    conn: psycopg.Connection[Any], tenant_id: int, job_id: uuid.UUID, out: IO[str]
+) -> int:
+    """The rejected rows of a job as CSV (line, reason, raw); returns how many were written."""
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["line", "reason", "raw"])
+    n = 0
+    with conn.cursor(name="import_rejects") as cur:
+        cur.execute(
+            "SELECT line, reason, raw FROM import_reject WHERE tenant_id = %s AND job_id = %s"
+            " ORDER BY line",
+            (tenant_id, job_id),
+        )
+        for line, reason, raw in cur:
+            writer.writerow([line, reason, raw])
+            n += 1
+    return n
+
+
+def reject_report(conn: psycopg.Connection[Any], tenant_id: int, job_id: uuid.UUID) -> str:
+    buf = io.StringIO()
+    write_reject_report(conn, tenant_id, job_id, buf)
+    return buf.getvalue()
+
+
+def first_rejects(
+    conn: psycopg.Connection[Any], tenant_id: int, job_id: uuid.UUID, limit: int = 10
+) -> list[tuple[int, str]]:
+    rows = conn.execute(
+        "SELECT line, reason FROM import_reject WHERE tenant_id = %s AND job_id = %s"
+        " ORDER BY line LIMIT %s",
+        (tenant_id, job_id, limit),
+    ).fetchall()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+def profile_options_text(options: dict[str, Any]) -> str:
+    return json.dumps(options, ensure_ascii=False, sort_keys=True)
+
+
+def profile_from_toml(text: str, source: str) -> dict[str, Any]:
+    """A profile's options from TOML text (top-level keys, as in a [[source]] table)."""
+    import tomllib
+
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(source, f"is not valid TOML: {exc}") from None
+    return doc
+
+
+__all__ = [
+    "BUILTIN_PROFILES",
+    "CsvImportError",
+    "Importer",
+    "Progress",
+    "check_profile",
+    "import_agent_id",
+    "list_profiles",
+    "load_profile",
+    "reject_report",
+    "save_profile",
+    "write_reject_report",
+]

@@ -1,0 +1,313 @@
+"""CSV import (csvimport.py): awkward real-world files into a real PostgreSQL, exactly once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from cdrstats_agent.errors import ConfigError
+from cdrstats_collector import csvimport, tenants
+from csvimport_testkit import REFERENCE, cdrs, job_row, rejects, run_import, save_profile, tenant
+
+CARRIER = {
+    "fields": {
+        "start": "Date appel",
+        "caller": "Appelant",
+        "caller_name": "Nom",
+        "callee": "Appelé",
+        "duration": "Durée",
+    },
+    "key": "Id",
+    "time_format": ["%d/%m/%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S", "iso8601", "epoch"],
+}
+"""A carrier's invoice export: French header, day-first dates."""
+
+
+def _carrier_file(path: Path, rows: list[str], encoding: str = "cp1252") -> Path:
+    text = "Id;Date appel;Appelant;Nom;Appelé;Durée\r\n" + "".join(r + "\r\n" for r in rows)
+    path.write_bytes(text.encode(encoding))
+    return path
+
+
+async def test_semicolons_decimal_commas_latin1_and_several_date_formats(
+    database_url: str, tmp_path: Path
+) -> None:
+    tid, sid = tenant(database_url, timezone="Europe/Paris")
+    save_profile(database_url, tid, "carrier", CARRIER)
+    path = _carrier_file(
+        tmp_path / "facture.csv",
+        [
+            "A1;03/02/2025 10:00:00;0142000001;Zoë Ångström;0033612345678;12,5",
+            "A2;2025-02-03 11:00:00;0142000002;François Œuvré;0612345678;61,0",
+            "A3;2025-02-03T12:00:00+00:00;0142000003;Jürgen;0612345679;0,9",
+            "A4;1738587600;0142000004;Ève;0612345670;3",
+            "A5;31/02/2025 10:00:00;0142000005;Bad date;0612345671;4",
+            "A6;03/02/2025 13:00:00;0142000006;Bad duration;0612345672;quatre",
+        ],
+    )
+    notes: list[dict[str, Any]] = []
+    job = await run_import(database_url, tid, sid, path, "carrier", notes=notes)
+    assert (job.status, job.rows_read, job.imported, job.duplicates, job.rejected) == (
+        "done",
+        6,
+        4,
+        0,
+        2,
+    )
+    stored = {r["key"]: r for r in cdrs(database_url, tid)}
+    assert sorted(stored) == ["A1", "A2", "A3", "A4"]
+    assert stored["A1"]["caller_name"] == "Zoë Ångström"
+    assert stored["A2"]["caller_name"] == "François Œuvré"  # Œ exists in cp1252, not Latin-1
+    assert stored["A1"]["duration"] == 12 and stored["A2"]["duration"] == 61
+    # local times read in the tenant's zone (Paris, UTC+1 in February); ISO with offset as is
+    assert stored["A1"]["start_time"] == datetime(2025, 2, 3, 9, 0, tzinfo=UTC)
+    assert stored["A2"]["start_time"] == datetime(2025, 2, 3, 10, 0, tzinfo=UTC)
+    assert stored["A3"]["start_time"] == datetime(2025, 2, 3, 12, 0, tzinfo=UTC)
+    assert stored["A4"]["start_time"] == datetime(2025, 2, 3, 13, 0, tzinfo=UTC)
+    assert {r["agent_id"] for r in stored.values()} == {csvimport.import_agent_id(tid)}
+    reasons = rejects(database_url, tid, job.job_id)
+    assert [line for line, _ in reasons] == [6, 7]
+    assert "column 2 'Date appel'" in reasons[0][1] and "31/02/2025" in reasons[0][1]
+    assert "column 6 'Durée'" in reasons[1][1] and "not a duration" in reasons[1][1]
+    row = job_row(database_url, tid, job.job_id)
+    assert (row["rows_read"], row["imported"], row["rejected"], row["status"]) == (6, 4, 2, "done")
+    assert row["agent_id"] == csvimport.import_agent_id(tid)
+    assert row["options"]["delimiter"] == ";" and row["options"]["encoding"] == "cp1252"
+    assert row["options"]["decimal_comma"] is True and row["options"]["header"] is True
+    # the same ingest path as agents: aggregates and one cdr_ingest NOTIFY for the batch
+    with psycopg.connect(database_url) as conn:
+        agg = conn.execute(
+            "SELECT sum(calls), sum(duration_sum) FROM agg_kpi_hour WHERE tenant_id = %s", (tid,)
+        ).fetchone()
+    assert agg == (4, 12 + 61 + 0 + 3)
+    ingest = [n for n in notes if n["channel"] == "cdr_ingest"]
+    assert ingest == [
+        {
+            "channel": "cdr_ingest",
+            "tenant_id": tid,
+            "switch_id": sid,
+            "agent_id": str(csvimport.import_agent_id(tid)),
+            "accepted": 4,
+        }
+    ]
+    progress = [n for n in notes if n["channel"] == csvimport.NOTIFY_CHANNEL]
+    assert progress[0]["status"] == "running" and progress[0]["rows_read"] == 0
+    assert progress[-1] == {
+        "channel": csvimport.NOTIFY_CHANNEL,
+        "tenant_id": tid,
+        "job_id": str(job.job_id),
+        "status": "done",
+        "rows_read": 6,
+        "imported": 4,
+        "duplicates": 0,
+        "rejected": 2,
+        "error": None,
+    }
+
+
+async def test_reimport_and_overlapping_file_insert_no_duplicate(
+    database_url: str, tmp_path: Path
+) -> None:
+    tid, sid = tenant(database_url)
+    save_profile(database_url, tid, "carrier", CARRIER)
+    rows = [f"C{i};0{i}/03/2025 10:00:00;100{i};Name {i};200{i};{i}" for i in range(1, 7)]
+    first = _carrier_file(tmp_path / "jan.csv", rows[:4])
+    job1 = await run_import(database_url, tid, sid, first, "carrier")
+    assert (job1.imported, job1.duplicates) == (4, 0)
+    again = await run_import(database_url, tid, sid, first, "carrier")
+    assert (again.rows_read, again.imported, again.duplicates, again.rejected) == (4, 0, 4, 0)
+    overlap = _carrier_file(tmp_path / "feb.csv", rows[2:], encoding="utf-8")
+    job3 = await run_import(database_url, tid, sid, overlap, "carrier")
+    assert (job3.imported, job3.duplicates) == (2, 2)
+    assert [r["key"] for r in cdrs(database_url, tid)] == [f"C{i}" for i in range(1, 7)]
+    with psycopg.connect(database_url) as conn:
+        calls = conn.execute(
+            "SELECT sum(calls) FROM agg_kpi_hour WHERE tenant_id = %s", (tid,)
+        ).fetchone()
+    assert calls == (6,)  # duplicates are not counted twice in the aggregates
+
+
+async def test_content_hash_key_dedups_files_without_a_key_column(
+    database_url: str, tmp_path: Path
+) -> None:
+    tid, sid = tenant(database_url)
+    save_profile(database_url, tid, "nokey", {"fields": {"start": "start", "callee": "to"}})
+    path = tmp_path / "nokey.csv"
+    path.write_text("start,to\n2025-01-05 10:00:00,123\n2025-01-05 10:01:00,124\n")
+    assert (await run_import(database_url, tid, sid, path, "nokey")).imported == 2
+    again = await run_import(database_url, tid, sid, path, "nokey")
+    assert (again.imported, again.duplicates) == (0, 2)
+
+
+async def test_bom_quoted_newlines_empty_lines_missing_columns_truncated_last_line(
+    database_url: str, tmp_path: Path
+) -> None:
+    tid, sid = tenant(database_url)
+    save_profile(
+        database_url,
+        tid,
+        "pbx",
+        {
+            "fields": {"start": "start", "caller": "from", "callee": "to", "duration": "secs"},
+            "key": "id",
+        },
+    )
+    text = (
+        "id,start,from,to,secs,note\n"  # line 1
+        'k1,2025-01-05 10:00:00,100,200,30,"first line\n'  # line 2
+        'second line"\n'  # line 3
+        "\n"  # line 4: empty
+        "k2,2025-01-05 10:05:00,101,201,31,plain\n"  # line 5
+        "   \n"  # line 6: blanks only
+        "k3,2025-01-05 10:06:00,102\n"  # line 7: missing columns
+        "k4,2025-01-05 10:07:00,103,203,33,ok\n"  # line 8
+        "k5,2025-01-05 10:08:00,104,2"  # line 9: truncated, no newline
+    )
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    job = await run_import(database_url, tid, sid, path, "pbx")
+    assert (job.rows_read, job.imported, job.rejected) == (5, 3, 2)
+    stored = {r["key"]: r for r in cdrs(database_url, tid)}
+    assert sorted(stored) == ["k1", "k2", "k4"]
+    assert stored["k1"]["extra"]["note"] == "first line\nsecond line"
+    reasons = rejects(database_url, tid, job.job_id)
+    assert reasons == [
+        (7, "has 3 columns, the header has 6"),
+        (9, "has 4 columns, the header has 6"),
+    ]
+    # the BOM is not part of the first column's name: `id` was found as the key column
+    assert job_row(database_url, tid, job.job_id)["options"]["encoding"] == "utf-8"
+
+
+async def test_empty_and_binary_files_fail_clearly(database_url: str, tmp_path: Path) -> None:
+    tid, sid = tenant(database_url)
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(csvimport.CsvImportError, match=r"empty.csv: the file is empty \(0 bytes\)"):
+        await run_import(database_url, tid, sid, empty, "asterisk")
+    binary = tmp_path / "photo.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 8)
+    with pytest.raises(csvimport.CsvImportError, match="not a text file: byte 9 is NUL"):
+        await run_import(database_url, tid, sid, binary, "asterisk")
+    only_blank = tmp_path / "blank.csv"
+    only_blank.write_bytes(b"\n\r\n  \n")
+    with pytest.raises(csvimport.CsvImportError, match="no records"):
+        await run_import(database_url, tid, sid, only_blank, "asterisk")
+    with psycopg.connect(database_url) as conn:
+        jobs = conn.execute(
+            "SELECT file_name, status, error FROM import_job WHERE tenant_id = %s"
+            " ORDER BY started_at",
+            (tid,),
+        ).fetchall()
+        assert conn.execute("SELECT count(*) FROM cdr").fetchone() == (0,)
+    assert [(j[0], j[1]) for j in jobs] == [
+        ("empty.csv", "failed"),
+        ("photo.csv", "failed"),
+        ("blank.csv", "failed"),
+    ]
+    assert "0 bytes" in jobs[0][2] and "NUL" in jobs[1][2]
+
+
+async def test_header_only_file_and_header_without_mapped_column(
+    database_url: str, tmp_path: Path
+) -> None:
+    tid, sid = tenant(database_url)
+    save_profile(database_url, tid, "p", {"fields": {"start": "start"}, "header": True})
+    only_header = tmp_path / "h.csv"
+    only_header.write_text("start,to\n")
+    job = await run_import(database_url, tid, sid, only_header, "p")
+    assert (job.status, job.rows_read, job.imported) == ("done", 0, 0)
+    wrong = tmp_path / "w.csv"
+    wrong.write_text("begin,to\n2025-01-05 10:00:00,1\n2025-01-05 10:01:00,2\n")
+    job = await run_import(database_url, tid, sid, wrong, "p")
+    assert (job.imported, job.rejected) == (0, 2)
+    assert rejects(database_url, tid, job.job_id)[0] == (
+        2,
+        "header has no column 'start' (fields.start)",
+    )
+
+
+async def test_builtin_asterisk_profile_reads_the_reference_master_csv(
+    database_url: str, tmp_path: Path
+) -> None:
+    source = REFERENCE / "asterisk" / "testsuite_self_test_Master.csv"
+    if not source.exists():
+        pytest.skip(f"reference file missing: {source}")
+    tid, sid = tenant(database_url)
+    lines = [x for x in source.read_bytes().splitlines() if x.strip()]
+    job = await run_import(database_url, tid, sid, source, "asterisk", timezone="UTC")
+    assert (job.rows_read, job.imported, job.rejected) == (len(lines), len(lines), 0)
+    stored = cdrs(database_url, tid)
+    assert stored[0]["key"] == "1270167992.0"
+    assert stored[0]["start_time"] == datetime(2010, 4, 2, 0, 26, 32, tzinfo=UTC)
+    assert stored[0]["disposition"] == "ANSWERED" and stored[0]["duration"] == 7
+    again = await run_import(database_url, tid, sid, source, "asterisk", timezone="UTC")
+    assert (again.imported, again.duplicates) == (0, len(lines))
+
+
+async def test_batches_progress_and_bounded_rejects(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(csvimport, "BATCH_ROWS", 3)
+    monkeypatch.setattr(csvimport, "MAX_REJECTS_KEPT", 4)
+    tid, sid = tenant(database_url)
+    save_profile(database_url, tid, "carrier", CARRIER)
+    good = [f"G{i};05/01/2025 10:{i:02d}:00;1;N;2;1" for i in range(7)]
+    bad = [f"B{i};yesterday;1;N;2;1" for i in range(6)]
+    old = ["O1;05/01/1999 10:00:00;1;N;2;1"]
+    path = _carrier_file(tmp_path / "many.csv", good + bad + old)
+    notes: list[dict[str, Any]] = []
+    job = await run_import(database_url, tid, sid, path, "carrier", notes=notes)
+    assert (job.rows_read, job.imported, job.rejected) == (14, 7, 7)
+    progress = [n for n in notes if n["channel"] == csvimport.NOTIFY_CHANNEL]
+    imported = [n["imported"] for n in progress]
+    assert imported == sorted(imported) and imported[-1] == 7
+    assert len([n for n in notes if n["channel"] == "cdr_ingest"]) == 3  # batches of 3, 3, 1
+    kept = rejects(database_url, tid, job.job_id)
+    assert len(kept) == 4 and [line for line, _ in kept] == [9, 10, 11, 12]
+    with psycopg.connect(database_url) as conn:
+        report = csvimport.reject_report(conn, tid, job.job_id)
+    assert report.splitlines()[0] == "line,reason,raw"
+    assert report.splitlines()[1].startswith("9,column 2 'Date appel': not a time in format")
+    assert "B0;yesterday" in report.splitlines()[1]
+    assert job_row(database_url, tid, job.job_id)["rejected"] == 7
+
+
+async def test_profiles_are_checked_and_per_tenant(database_url: str, tmp_path: Path) -> None:
+    tid, sid = tenant(database_url)
+    other, other_sid = tenant(database_url, "other")
+    with pytest.raises(ConfigError, match=r"profile\.fields\.start"):
+        save_profile(database_url, tid, "bad", {"fields": {"callee": "to"}})
+    with pytest.raises(ConfigError, match=r"profile\.fields\.begin"):
+        save_profile(database_url, tid, "bad", {"fields": {"start": "s", "begin": "b"}})
+    with pytest.raises(tenants.InvalidArgument, match="built-in"):
+        save_profile(database_url, tid, "asterisk", {"preset": "asterisk"})
+    save_profile(database_url, tid, "mine", {"fields": {"start": 1}, "header": False})
+    path = tmp_path / "x.csv"
+    path.write_text("2025-01-05 10:00:00\n")
+    with pytest.raises(tenants.InvalidArgument, match="unknown import profile 'mine'"):
+        await run_import(database_url, other, other_sid, path, "mine")
+    assert (await run_import(database_url, tid, sid, path, "mine")).imported == 1
+    with psycopg.connect(database_url) as conn:
+        names = [p[0] for p in csvimport.list_profiles(conn, tid)]
+        other_names = [p[0] for p in csvimport.list_profiles(conn, other)]
+    assert names == ["asterisk", "freeswitch-example", "freeswitch-default", "mine"]
+    assert "mine" not in other_names
+
+
+def test_import_tables_have_forced_row_level_security(database_url: str) -> None:
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,"
+            " (SELECT count(*) FROM pg_policy p WHERE p.polrelid = c.oid)"
+            " FROM pg_class c WHERE relname IN ('import_profile', 'import_job', 'import_reject')"
+            " ORDER BY relname"
+        ).fetchall()
+    assert rows == [
+        ("import_job", True, True, 2),
+        ("import_profile", True, True, 2),
+        ("import_reject", True, True, 2),
+    ]
