@@ -24,15 +24,18 @@ records it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
+import multiprocessing
 import os
 import re
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 from typing import IO, Any
 
 import psycopg
@@ -40,7 +43,7 @@ from cdrstats_agent import wire
 from cdrstats_agent.errors import ConfigError
 from cdrstats_csv import detect as csvdetect
 from cdrstats_csv.config import mapping_from_options
-from cdrstats_csv.mapping import Mapping, Rejection
+from cdrstats_csv.mapping import Rejection
 from cdrstats_csv.presets import PRESET_NAMES
 from cdrstats_csv.records import split_records
 from psycopg.types.json import Jsonb
@@ -55,6 +58,10 @@ MAX_REJECTS_KEPT = 10_000
 MAX_RAW_CHARS = 1_000
 """The raw text of a rejected row is kept up to this length."""
 STORE_RETRIES = 3
+WORKER_MIN_BYTES = 8 << 20
+"""Files this large are mapped in a child process (a second core) while this one stores."""
+WORKER_QUEUE = 3
+"""Mapped batches waiting for the database, at most (bounds memory)."""
 
 BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     name: {"preset": name} for name in PRESET_NAMES if name != "freeswitch-template"
@@ -238,6 +245,7 @@ class Importer:
         self.switch_id = switch_id
         self.ref = store.AgentRef(import_agent_id(tenant_id), tenant_id, switch_id)
         self.on_progress = progress
+        self._inflight: asyncio.Task[None] | None = None
 
     async def _tenant_timezone(self) -> str:
         cur = await self.conn.execute(
@@ -274,10 +282,10 @@ class Importer:
             await self._fail(job, f"{name}: {exc}")
             raise CsvImportError(f"{name}: {exc}") from None
         options = resolve_options(profile, detected, zone)
-        mapping = mapping_from_options(options, "profile")
+        mapping_from_options(options, "profile")  # a bad profile: ConfigError, no job
         await self._create_job(job, profile_name, options, name, size, created_by)
         try:
-            await self._stream(path, mapping, detected.bom, job)
+            await self._stream(path, options, detected.bom, size, job)
         except CsvImportError as exc:
             await self._fail(job, str(exc))
             raise
@@ -403,79 +411,165 @@ class Importer:
             return
         raise CsvImportError("a batch could not be stored (too many refused rows)")
 
-    async def _stream(self, path: Path, mapping: Mapping, bom: bool, job: Progress) -> None:
-        min_us, max_us = store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US
-        header: tuple[str, ...] | None = None
-        want_header = mapping.header
-        encoding = mapping.encoding
-        batch = _Batch()
-        line = 1
-        buf = b""
-        fh = await asyncio.to_thread(open, path, "rb")
-        with fh:
-            if bom:
-                fh.read(3)
+    async def _submit(self, job: Progress, batch: _Batch) -> None:
+        """Store `batch` in the background once the batch before it is stored.
+
+        One batch is in flight while the next one is mapped: the database works on batch N
+        while batch N+1 is mapped. Batches commit in file order.
+        """
+        await self._drain()
+        self._inflight = asyncio.create_task(self._flush(job, batch))
+
+    async def _drain(self) -> None:
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    async def _stream(
+        self, path: Path, options: dict[str, Any], bom: bool, size: int, job: Progress
+    ) -> None:
+        self._inflight = None
+        try:
+            if size >= WORKER_MIN_BYTES:
+                await self._stream_worker(path, options, bom, job)
+            else:
+                for batch in map_batches(path, options, bom, BATCH_ROWS):
+                    await self._submit(job, batch)
+            await self._drain()
+        finally:
+            task, self._inflight = self._inflight, None
+            if task is not None and not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _stream_worker(
+        self, path: Path, options: dict[str, Any], bom: bool, job: Progress
+    ) -> None:
+        """Map in a child process (a second core) while this one stores; see `_map_worker`."""
+        ctx = multiprocessing.get_context("spawn")
+        queue: Any = ctx.Queue(maxsize=WORKER_QUEUE)
+        worker = ctx.Process(
+            target=_map_worker,
+            args=(str(path), options, bom, BATCH_ROWS, queue),
+            name="cdrstats-csv-map",
+            daemon=True,
+        )
+        worker.start()
+        try:
             while True:
-                chunk = await asyncio.to_thread(fh.read, CHUNK_BYTES)
-                final = not chunk
-                buf = buf + chunk if buf else chunk
-                split = split_records(
-                    buf,
-                    first_line=line,
-                    quote=mapping.quote_byte,
-                    max_lines=mapping.max_record_lines,
-                    final=final,
-                    accept=mapping.plausible,
-                )
-                buf = buf[split.consumed :]
-                line += split.lines
-                for record in split.records:
-                    if want_header and header is None:
-                        parsed = mapping.parse_header(record.data)
-                        if isinstance(parsed, Rejection):
-                            raise CsvImportError(f"line {record.line}: {parsed.reason}")
-                        header = parsed
-                        continue
-                    batch.read += 1
-                    if b"\x00" in record.data:
-                        batch.rejects.append(
-                            (
-                                record.line,
-                                "holds a NUL byte (binary data)",
-                                _raw_text(record.data, encoding),
-                            )
-                        )
-                        continue
-                    result = mapping.map_record(record.data, header)
-                    if isinstance(result, Rejection):
-                        batch.rejects.append(
-                            (record.line, result.reason, _raw_text(record.data, encoding))
-                        )
-                        continue
-                    row = wire.cdr_to_row(result)
-                    start = row[1]
-                    if start < min_us or start > max_us:
-                        when = result.start.isoformat()
-                        why = (
-                            f"start {when} is before 2000"
-                            if start < min_us
-                            else f"start {when} is more than a day in the future"
-                        )
-                        batch.rejects.append((record.line, why, _raw_text(record.data, encoding)))
-                        continue
-                    batch.rows.append(row)
-                    batch.lines.append(record.line)
-                    if len(batch.rows) >= BATCH_ROWS:
-                        await self._flush(job, batch)
-                        batch = _Batch()
-                if len(batch.rejects) >= BATCH_ROWS:
-                    await self._flush(job, batch)
+                kind, value = await asyncio.to_thread(_receive, queue, worker)
+                if kind == "batch":
+                    await self._submit(job, value)
+                elif kind == "error":
+                    raise CsvImportError(value)
+                else:
+                    return
+        finally:
+            if worker.is_alive():
+                worker.terminate()
+            await asyncio.to_thread(worker.join, 10)
+            queue.close()
+
+
+def _receive(queue: Any, worker: Any) -> tuple[str, Any]:
+    """The worker's next message; an error message if it died without saying why."""
+    while True:
+        try:
+            got: tuple[str, Any] = queue.get(timeout=0.5)
+            return got
+        except Empty:
+            if not worker.is_alive():
+                return "error", f"the mapping process stopped (exit code {worker.exitcode})"
+
+
+def _map_worker(path: str, options: dict[str, Any], bom: bool, batch_rows: int, queue: Any) -> None:
+    """Child process: map the file, put ("batch", _Batch) ..., then ("end", None) or
+    ("error", message) on the queue (bounded: the child waits while the parent stores)."""
+    try:
+        for batch in map_batches(Path(path), options, bom, batch_rows):
+            queue.put(("batch", batch))
+        queue.put(("end", None))
+    except CsvImportError as exc:
+        queue.put(("error", str(exc)))
+    except Exception as exc:  # reported to the parent, which fails the job with it
+        queue.put(("error", f"mapping failed: {type(exc).__name__}: {exc}"))
+
+
+def map_batches(
+    path: Path, options: dict[str, Any], bom: bool, batch_rows: int
+) -> Iterator[_Batch]:
+    """The file's records mapped to wire rows (and rejects), `batch_rows` CDRs at a time.
+
+    Reads `CHUNK_BYTES` at a time (flat memory); the last batch may be empty. Raises
+    CsvImportError when the header line is unusable.
+    """
+    mapping = mapping_from_options(options, "profile")
+    min_us, max_us = store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US
+    header: tuple[str, ...] | None = None
+    want_header = mapping.header
+    encoding = mapping.encoding
+    batch = _Batch()
+    line = 1
+    buf = b""
+    with open(path, "rb") as fh:
+        if bom:
+            fh.read(3)
+        while True:
+            chunk = fh.read(CHUNK_BYTES)
+            final = not chunk
+            buf = buf + chunk if buf else chunk
+            split = split_records(
+                buf,
+                first_line=line,
+                quote=mapping.quote_byte,
+                max_lines=mapping.max_record_lines,
+                final=final,
+                accept=mapping.plausible,
+            )
+            buf = buf[split.consumed :]
+            line += split.lines
+            for record in split.records:
+                if want_header and header is None:
+                    parsed = mapping.parse_header(record.data)
+                    if isinstance(parsed, Rejection):
+                        raise CsvImportError(f"line {record.line}: {parsed.reason}")
+                    header = parsed
+                    continue
+                batch.read += 1
+                if b"\x00" in record.data:
+                    raw = _raw_text(record.data, encoding)
+                    batch.rejects.append((record.line, "holds a NUL byte (binary data)", raw))
+                    continue
+                result = mapping.map_record(record.data, header)
+                if isinstance(result, Rejection):
+                    raw = _raw_text(record.data, encoding)
+                    batch.rejects.append((record.line, result.reason, raw))
+                    continue
+                row = wire.cdr_to_row(result)
+                start = row[1]
+                if start < min_us or start > max_us:
+                    when = result.start.isoformat()
+                    why = (
+                        f"start {when} is before 2000"
+                        if start < min_us
+                        else f"start {when} is more than a day in the future"
+                    )
+                    batch.rejects.append((record.line, why, _raw_text(record.data, encoding)))
+                    continue
+                batch.rows.append(row)
+                batch.lines.append(record.line)
+                if len(batch.rows) >= batch_rows:
+                    yield batch
                     batch = _Batch()
-                if final:
-                    break
-        if want_header and header is None:
-            raise CsvImportError(f"{path.name}: no header line (the file holds no records)")
-        await self._flush(job, batch)
+            if len(batch.rejects) >= batch_rows:
+                yield batch
+                batch = _Batch()
+            if final:
+                break
+    if want_header and header is None:
+        raise CsvImportError(f"{path.name}: no header line (the file holds no records)")
+    yield batch
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -488,7 +582,7 @@ def write_reject_report(
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(["line", "reason", "raw"])
     n = 0
-    with conn.cursor(name="import_rejects") as cur:
+    with conn.transaction(), conn.cursor(name="import_rejects") as cur:
         cur.execute(
             "SELECT line, reason, raw FROM import_reject WHERE tenant_id = %s AND job_id = %s"
             " ORDER BY line",

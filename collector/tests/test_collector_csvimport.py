@@ -311,3 +311,27 @@ def test_import_tables_have_forced_row_level_security(database_url: str) -> None
         ("import_profile", True, True, 2),
         ("import_reject", True, True, 2),
     ]
+
+
+@pytest.mark.parametrize("worker", [False, True], ids=["in-process", "worker-process"])
+async def test_mapping_in_a_worker_process_gives_the_same_result(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: bool
+) -> None:
+    monkeypatch.setattr(csvimport, "WORKER_MIN_BYTES", 0 if worker else 1 << 40)
+    monkeypatch.setattr(csvimport, "BATCH_ROWS", 4)
+    tid, sid = tenant(database_url)
+    save_profile(database_url, tid, "carrier", CARRIER)
+    good = [f"W{i};05/01/2025 11:{i:02d}:00;1;Zoë;2;1,5" for i in range(10)]
+    path = _carrier_file(tmp_path / "w.csv", [*good[:5], "W99;never;1;N;2;1", *good[5:]])
+    notes: list[dict[str, Any]] = []
+    job = await run_import(database_url, tid, sid, path, "carrier", notes=notes)
+    assert (job.rows_read, job.imported, job.rejected) == (11, 10, 1)
+    assert rejects(database_url, tid, job.job_id)[0][0] == 7
+    assert len([n for n in notes if n["channel"] == "cdr_ingest"]) == 3
+    assert {r["caller_name"] for r in cdrs(database_url, tid)} == {"Zoë"}
+    # an unusable header line fails the job with the same message either way
+    save_profile(database_url, tid, "strict", {"fields": {"start": "a"}, "header": True})
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b'a,"b\n2025-01-05 10:00:00,x\n')
+    with pytest.raises(csvimport.CsvImportError, match="line 1: header malformed CSV"):
+        await run_import(database_url, tid, sid, broken, "strict")
