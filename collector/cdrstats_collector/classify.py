@@ -152,7 +152,7 @@ class Classifier:
     def __init__(self, prefixes: Iterable[DialPrefix] = ()) -> None:
         self.prefixes: dict[str, DialPrefix] = {p.prefix: p for p in prefixes}
         self._lengths = sorted({len(p) for p in self.prefixes}, reverse=True)
-        self._library: dict[tuple[str, int], tuple[str | None, str]] = {}
+        self._library: dict[tuple[str, int], Destination] = {}
 
     def destination(self, e164: str | None) -> Destination:
         """(country, kind, prefix) of an E.164 number ("+" and digits); all None for None."""
@@ -166,9 +166,10 @@ class Classifier:
         if found is None:
             if len(self._library) >= CACHE_LIMIT:
                 self._library.clear()
-            found = self._library[key] = _library_destination(key[0][1:], key[1] - 1)
+            country, kind = _library_destination(key[0][1:], key[1] - 1)
+            found = self._library[key] = (country, kind, None)
         if row is None:
-            return (found[0], found[1], None)
+            return found
         return (row.country or found[0], row.kind or found[1], row.prefix)
 
     def _longest_match(self, digits: str) -> DialPrefix | None:

@@ -30,7 +30,7 @@ import operator
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -475,14 +475,14 @@ class Ingestor:
 
     async def _load(
         self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]
-    ) -> tuple[int, list[aggregates.Fact]]:
+    ) -> tuple[int, Iterable[aggregates.Fact]]:
         """COPY the rows; returns how many were new and what aggregates need of them."""
         if not rows:
-            return 0, []
+            return 0, ()
         try:
             async with conn.transaction():
                 await self._copy(conn, _COPY_CDR, rows)
-            return len(rows), [_FACTS_OF_ROW(row) for row in rows]
+            return len(rows), map(_FACTS_OF_ROW, rows)
         except pgerrors.UniqueViolation:
             pass  # some rows are already stored: dedup through the staging table
         await conn.execute(_CREATE_STAGING)
