@@ -147,12 +147,17 @@ async def load_profile(
 
 
 def resolve_options(
-    profile: dict[str, Any], detected: csvdetect.Detected, timezone: str | None
+    profile: dict[str, Any],
+    detected: csvdetect.Detected,
+    *,
+    timezone: str | None = None,
+    default_timezone: str | None = None,
 ) -> dict[str, Any]:
     """The profile's options completed with what was detected in the file.
 
-    The profile wins; `timezone` (the caller's: the command line, else the tenant's) applies
-    when the profile names none.
+    The profile wins over detection. `timezone` (given for this import: the command line)
+    wins over the profile's `timezone`/`usegmtime`; `default_timezone` (the tenant's)
+    applies when neither says anything.
     """
     opts = dict(profile)
     if "preset" not in opts:
@@ -162,8 +167,11 @@ def resolve_options(
         if detected.decimal_comma:
             opts.setdefault("decimal_comma", True)
     opts.setdefault("encoding", detected.encoding)
-    if timezone is not None and "timezone" not in opts and not opts.get("usegmtime"):
+    if timezone is not None:
+        opts.pop("usegmtime", None)
         opts["timezone"] = timezone
+    elif default_timezone is not None and "timezone" not in opts and not opts.get("usegmtime"):
+        opts["timezone"] = default_timezone
     return opts
 
 
@@ -271,7 +279,7 @@ class Importer:
         failed with the same message).
         """
         profile = await load_profile(self.conn, self.tenant_id, profile_name)
-        zone = timezone or await self._tenant_timezone()
+        tenant_zone = await self._tenant_timezone()
         size, sample = await asyncio.to_thread(_head, path)
         job = Progress(job_id or uuid.uuid4(), self.tenant_id)
         name = file_name or path.name
@@ -281,7 +289,9 @@ class Importer:
             await self._create_job(job, profile_name, profile, name, size, created_by)
             await self._fail(job, f"{name}: {exc}")
             raise CsvImportError(f"{name}: {exc}") from None
-        options = resolve_options(profile, detected, zone)
+        options = resolve_options(
+            profile, detected, timezone=timezone, default_timezone=tenant_zone
+        )
         mapping_from_options(options, "profile")  # a bad profile: ConfigError, no job
         await self._create_job(job, profile_name, options, name, size, created_by)
         try:

@@ -335,3 +335,24 @@ async def test_mapping_in_a_worker_process_gives_the_same_result(
     broken.write_bytes(b'a,"b\n2025-01-05 10:00:00,x\n')
     with pytest.raises(csvimport.CsvImportError, match="line 1: header malformed CSV"):
         await run_import(database_url, tid, sid, broken, "strict")
+
+
+async def test_timezone_precedence(database_url: str, tmp_path: Path) -> None:
+    tid, sid = tenant(database_url, timezone="Europe/Paris")
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        sid2 = tenants.ensure_switch(conn, tid, "sw2")
+        sid3 = tenants.ensure_switch(conn, tid, "sw3")
+    save_profile(database_url, tid, "tenant-zone", {"fields": {"start": "start"}, "key": "id"})
+    save_profile(
+        database_url,
+        tid,
+        "ny",
+        {"fields": {"start": "start"}, "key": "id", "timezone": "America/New_York"},
+    )
+    path = tmp_path / "tz.csv"
+    path.write_text("id,start\nk,2025-01-05 10:00:00\n")
+    await run_import(database_url, tid, sid, path, "tenant-zone")  # the tenant's zone
+    await run_import(database_url, tid, sid2, path, "ny")  # the profile's zone
+    await run_import(database_url, tid, sid3, path, "ny", timezone="UTC")  # --timezone wins
+    starts = {r["switch_id"]: r["start_time"].astimezone(UTC).hour for r in cdrs(database_url, tid)}
+    assert starts == {sid: 9, sid2: 15, sid3: 10}
