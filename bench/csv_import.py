@@ -7,8 +7,9 @@ export: `;`-separated, a header, day-first dates, decimal-comma durations, quote
 Latin-1 letters and the odd `;` inside quotes, one bad row in 1,000. It is then imported twice
 with the real command line (`cdrstats import`, a subprocess; mapping with a saved profile,
 the collector's ingest transaction, batches of 5,000): the first run stores every valid row,
-the second finds them all already stored (duplicates skipped). Peak memory is the import
-process's max RSS (getrusage of the child).
+the second finds them all already stored (duplicates skipped). Peak memory is the largest
+sum of PSS (RSS with shared pages counted once) over the import process and its mapping
+processes, sampled every 50 ms.
 
 Baseline, same file: `csv.reader` alone reading it (no mapping, no database).
 
@@ -21,10 +22,10 @@ CDRSTATS_BENCH_DATABASE_URL names a server where the user may create databases.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -94,34 +95,45 @@ def csv_reader_rate(path: Path) -> float:
 
 
 def run_import(database_url: str, path: Path) -> tuple[float, float, str]:
-    """(seconds, peak RSS MB of the child, its summary line) of one `cdrstats import`."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """(seconds, peak RSS MB, its summary line) of one `cdrstats import`.
+
+    Peak memory is the largest sum of PSS (shared pages counted once), sampled every 50 ms,
+    over the import process and its mapping processes (not PostgreSQL).
+    """
+    import psutil
+
+    argv = [
+        str(Path(sys.executable).parent / "cdrstats"),
+        "import",
+        str(path),
+        "--profile",
+        "carrier",
+        "--tenant",
+        "bench",
+        "--switch",
+        "carrier-sw",
+        "--database-url",
+        database_url,
+    ]
     started = time.perf_counter()
-    done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "cdrstats"),
-            "import",
-            str(path),
-            "--profile",
-            "carrier",
-            "--tenant",
-            "bench",
-            "--switch",
-            "carrier-sw",
-            "--database-url",
-            database_url,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += p.memory_full_info().pss  # shared pages counted once
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.05)
+    out, err = proc.communicate()
     elapsed = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"cdrstats import failed: {done.stderr.strip()}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak < before:
-        peak = before
-    return elapsed, peak / 1024, done.stdout.splitlines()[0]
+    if proc.returncode != 0:
+        raise RuntimeError(f"cdrstats import failed: {err.strip()}")
+    return elapsed, peak / 1048576, out.splitlines()[0]
 
 
 def main() -> None:
@@ -150,8 +162,6 @@ def main() -> None:
             print(f"csv.reader alone: {reader:,.0f} rows/s")
             first_s, first_rss, summary = run_import(database_url, path)
             print(f"import: {rows / first_s:,.0f} rows/s, peak RSS {first_rss:.0f} MB: {summary}")
-            # RUSAGE_CHILDREN keeps the max over every child: the second figure is only
-            # meaningful when it is higher, so the re-import is measured as it comes.
             again_s, again_rss, summary2 = run_import(database_url, path)
             print(f"re-import: {rows / again_s:,.0f} rows/s: {summary2}")
         with psycopg.connect(database_url) as conn:

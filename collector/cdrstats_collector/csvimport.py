@@ -31,11 +31,12 @@ import json
 import multiprocessing
 import os
 import re
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from queue import Empty
+from queue import Empty, Full
 from typing import IO, Any
 
 import psycopg
@@ -43,9 +44,9 @@ from cdrstats_agent import wire
 from cdrstats_agent.errors import ConfigError
 from cdrstats_csv import detect as csvdetect
 from cdrstats_csv.config import mapping_from_options
-from cdrstats_csv.mapping import Rejection
+from cdrstats_csv.mapping import Mapping, Rejection
 from cdrstats_csv.presets import PRESET_NAMES
-from cdrstats_csv.records import split_records
+from cdrstats_csv.records import RawRecord, split_records
 from psycopg.types.json import Jsonb
 
 from . import store, tenants
@@ -60,8 +61,8 @@ MAX_RAW_CHARS = 1_000
 STORE_RETRIES = 3
 WORKER_MIN_BYTES = 8 << 20
 """Files this large are mapped in a child process (a second core) while this one stores."""
-WORKER_QUEUE = 3
-"""Mapped batches waiting for the database, at most (bounds memory)."""
+WORKERS = max(1, min(4, os.cpu_count() or 1))
+"""Mapping processes for a large file."""
 
 BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     name: {"preset": name} for name in PRESET_NAMES if name != "freeswitch-template"
@@ -230,8 +231,8 @@ def _head(path: Path) -> tuple[int, bytes]:
         return os.fstat(fh.fileno()).st_size, fh.read(csvdetect.SAMPLE_BYTES)
 
 
-def _raw_text(data: bytes, encoding: str) -> str:
-    text = data.decode(encoding, errors="replace").replace("\x00", "\ufffd")
+def _raw_text(data: bytes, mapping: Mapping) -> str:
+    text = data.decode(mapping.encoding, errors="replace").replace("\x00", "\ufffd")
     return text[:MAX_RAW_CHARS]
 
 
@@ -456,70 +457,138 @@ class Importer:
     async def _stream_worker(
         self, path: Path, options: dict[str, Any], bom: bool, job: Progress
     ) -> None:
-        """Map in a child process (a second core) while this one stores; see `_map_worker`."""
+        """Map in `WORKERS` child processes while this one cuts records and stores.
+
+        This process reads the file and cuts it into records (`_records`), sends them
+        `BATCH_ROWS` at a time to the workers (`_map_worker`) through a bounded queue, puts
+        the mapped batches back in file order and stores them (one in flight). Queues are
+        bounded, so memory stays flat.
+        """
         ctx = multiprocessing.get_context("spawn")
-        queue: Any = ctx.Queue(maxsize=WORKER_QUEUE)
-        worker = ctx.Process(
-            target=_map_worker,
-            args=(str(path), options, bom, BATCH_ROWS, queue),
-            name="cdrstats-csv-map",
-            daemon=True,
-        )
-        worker.start()
+        n = max(1, WORKERS)
+        tasks: Any = ctx.Queue(maxsize=2 * n)
+        results: Any = ctx.Queue(maxsize=2 * n)
+        workers = [
+            ctx.Process(
+                target=_map_worker,
+                args=(options, tasks, results),
+                name=f"cdrstats-csv-map-{i}",
+                daemon=True,
+            )
+            for i in range(n)
+        ]
+        for worker in workers:
+            worker.start()
+        stop = threading.Event()
+        producer = asyncio.create_task(self._produce(path, options, bom, tasks, n, stop))
         try:
-            while True:
-                kind, value = await asyncio.to_thread(_receive, queue, worker)
-                if kind == "batch":
-                    await self._submit(job, value)
-                elif kind == "error":
+            pending: dict[int, _Batch] = {}
+            next_seq = 0
+            while not (producer.done() and next_seq >= producer.result()):
+                kind, seq, value = await asyncio.to_thread(_receive, results, workers, stop)
+                if kind == "error":
                     raise CsvImportError(value)
-                else:
-                    return
+                if kind == "batch":
+                    pending[seq] = value
+                    while next_seq in pending:
+                        await self._submit(job, pending.pop(next_seq))
+                        next_seq += 1
         finally:
-            if worker.is_alive():
-                worker.terminate()
-            await asyncio.to_thread(worker.join, 10)
-            queue.close()
+            stop.set()
+            if not producer.done():
+                producer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await producer
+            for worker in workers:
+                if worker.is_alive():
+                    worker.terminate()
+            for worker in workers:
+                await asyncio.to_thread(worker.join, 10)
+            tasks.close()
+            results.close()
+
+    async def _produce(
+        self,
+        path: Path,
+        options: dict[str, Any],
+        bom: bool,
+        tasks: Any,
+        workers: int,
+        stop: threading.Event,
+    ) -> int:
+        """Send the file's records to the workers; returns how many batches were sent."""
+        mapping = mapping_from_options(options, "profile")
+        sent = 0
+        header: tuple[str, ...] | None = None
+        records: list[tuple[int, bytes]] = []
+        chunks = _records(path, mapping, bom)
+        while True:
+            got = await asyncio.to_thread(next, chunks, None)
+            if got is None:
+                break
+            header, split = got
+            for record in split:
+                records.append((record.line, record.data))
+                if len(records) >= BATCH_ROWS:
+                    await asyncio.to_thread(_put, tasks, (sent, header, records), stop)
+                    sent, records = sent + 1, []
+        await asyncio.to_thread(_put, tasks, (sent, header, records), stop)
+        for _ in range(workers):
+            await asyncio.to_thread(_put, tasks, None, stop)
+        return sent + 1
 
 
-def _receive(queue: Any, worker: Any) -> tuple[str, Any]:
-    """The worker's next message; an error message if it died without saying why."""
-    while True:
+def _put(queue: Any, item: Any, stop: threading.Event) -> None:
+    while not stop.is_set():
         try:
-            got: tuple[str, Any] = queue.get(timeout=0.5)
-            return got
-        except Empty:
-            if not worker.is_alive():
-                return "error", f"the mapping process stopped (exit code {worker.exitcode})"
+            queue.put(item, timeout=0.5)
+            return
+        except Full:
+            continue
+    raise CsvImportError("import stopped")
 
 
-def _map_worker(path: str, options: dict[str, Any], bom: bool, batch_rows: int, queue: Any) -> None:
-    """Child process: map the file, put ("batch", _Batch) ..., then ("end", None) or
-    ("error", message) on the queue (bounded: the child waits while the parent stores)."""
+def _receive(queue: Any, workers: list[Any], stop: threading.Event) -> tuple[str, int, Any]:
+    """The next message from the workers: ("batch", seq, _Batch), ("error", -1, message), or
+    ("idle", -1, None) after half a second without one (the caller checks the producer)."""
     try:
-        for batch in map_batches(Path(path), options, bom, batch_rows):
-            queue.put(("batch", batch))
-        queue.put(("end", None))
-    except CsvImportError as exc:
-        queue.put(("error", str(exc)))
+        got: tuple[str, int, Any] = queue.get(timeout=0.5)
+        return got
+    except Empty:
+        for worker in workers:
+            if worker.exitcode not in (None, 0):
+                return "error", -1, f"a mapping process stopped (exit code {worker.exitcode})"
+        return "idle", -1, None
+
+
+def _map_worker(options: dict[str, Any], tasks: Any, results: Any) -> None:
+    """Child process: map (seq, header, [(line, record bytes)]) tasks until None; put
+    ("batch", seq, _Batch) or ("error", -1, message) on `results`."""
+    try:
+        mapping = mapping_from_options(options, "profile")
+        limits = (store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US)
+        while True:
+            task = tasks.get()
+            if task is None:
+                return
+            seq, header, records = task
+            batch = _Batch()
+            for line, data in records:
+                _map_one(mapping, header, line, data, batch, limits)
+            results.put(("batch", seq, batch))
     except Exception as exc:  # reported to the parent, which fails the job with it
-        queue.put(("error", f"mapping failed: {type(exc).__name__}: {exc}"))
+        results.put(("error", -1, f"mapping failed: {type(exc).__name__}: {exc}"))
 
 
-def map_batches(
-    path: Path, options: dict[str, Any], bom: bool, batch_rows: int
-) -> Iterator[_Batch]:
-    """The file's records mapped to wire rows (and rejects), `batch_rows` CDRs at a time.
+def _records(
+    path: Path, mapping: Mapping, bom: bool
+) -> Iterator[tuple[tuple[str, ...] | None, list[RawRecord]]]:
+    """(header, records) per `CHUNK_BYTES` chunk of the file; the header line is consumed.
 
-    Reads `CHUNK_BYTES` at a time (flat memory); the last batch may be empty. Raises
-    CsvImportError when the header line is unusable.
+    Raises CsvImportError when the header line is unusable or missing.
     """
-    mapping = mapping_from_options(options, "profile")
-    min_us, max_us = store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US
     header: tuple[str, ...] | None = None
     want_header = mapping.header
-    encoding = mapping.encoding
-    batch = _Batch()
     line = 1
     buf = b""
     with open(path, "rb") as fh:
@@ -539,46 +608,72 @@ def map_batches(
             )
             buf = buf[split.consumed :]
             line += split.lines
-            for record in split.records:
-                if want_header and header is None:
-                    parsed = mapping.parse_header(record.data)
-                    if isinstance(parsed, Rejection):
-                        raise CsvImportError(f"line {record.line}: {parsed.reason}")
-                    header = parsed
-                    continue
-                batch.read += 1
-                if b"\x00" in record.data:
-                    raw = _raw_text(record.data, encoding)
-                    batch.rejects.append((record.line, "holds a NUL byte (binary data)", raw))
-                    continue
-                result = mapping.map_record(record.data, header)
-                if isinstance(result, Rejection):
-                    raw = _raw_text(record.data, encoding)
-                    batch.rejects.append((record.line, result.reason, raw))
-                    continue
-                row = wire.cdr_to_row(result)
-                start = row[1]
-                if start < min_us or start > max_us:
-                    when = result.start.isoformat()
-                    why = (
-                        f"start {when} is before 2000"
-                        if start < min_us
-                        else f"start {when} is more than a day in the future"
-                    )
-                    batch.rejects.append((record.line, why, _raw_text(record.data, encoding)))
-                    continue
-                batch.rows.append(row)
-                batch.lines.append(record.line)
-                if len(batch.rows) >= batch_rows:
-                    yield batch
-                    batch = _Batch()
-            if len(batch.rejects) >= batch_rows:
-                yield batch
-                batch = _Batch()
+            records = split.records
+            if want_header and header is None and records:
+                parsed = mapping.parse_header(records[0].data)
+                if isinstance(parsed, Rejection):
+                    raise CsvImportError(f"line {records[0].line}: {parsed.reason}")
+                header, records = parsed, records[1:]
+            if records:
+                yield header, records
             if final:
                 break
     if want_header and header is None:
         raise CsvImportError(f"{path.name}: no header line (the file holds no records)")
+
+
+def _map_one(
+    mapping: Mapping,
+    header: tuple[str, ...] | None,
+    line: int,
+    data: bytes,
+    batch: _Batch,
+    limits: tuple[int, int],
+) -> None:
+    """Map one record into `batch` (a row, or a reject with its reason)."""
+    batch.read += 1
+    if b"\x00" in data:
+        batch.rejects.append((line, "holds a NUL byte (binary data)", _raw_text(data, mapping)))
+        return
+    result = mapping.map_record(data, header)
+    if isinstance(result, Rejection):
+        batch.rejects.append((line, result.reason, _raw_text(data, mapping)))
+        return
+    row = wire.cdr_to_row(result)
+    start = row[1]
+    if start < limits[0] or start > limits[1]:
+        when = result.start.isoformat()
+        why = (
+            f"start {when} is before 2000"
+            if start < limits[0]
+            else f"start {when} is more than a day in the future"
+        )
+        batch.rejects.append((line, why, _raw_text(data, mapping)))
+        return
+    batch.rows.append(row)
+    batch.lines.append(line)
+
+
+def map_batches(
+    path: Path, options: dict[str, Any], bom: bool, batch_rows: int
+) -> Iterator[_Batch]:
+    """The file's records mapped to wire rows (and rejects), `batch_rows` CDRs at a time.
+
+    Reads `CHUNK_BYTES` at a time (flat memory); the last batch may be empty. Raises
+    CsvImportError when the header line is unusable.
+    """
+    mapping = mapping_from_options(options, "profile")
+    limits = (store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US)
+    batch = _Batch()
+    for header, records in _records(path, mapping, bom):
+        for record in records:
+            _map_one(mapping, header, record.line, record.data, batch, limits)
+            if len(batch.rows) >= batch_rows:
+                yield batch
+                batch = _Batch()
+        if len(batch.rejects) >= batch_rows:
+            yield batch
+            batch = _Batch()
     yield batch
 
 
