@@ -207,9 +207,7 @@ def _library_destination(lead: str, length: int) -> tuple[str | None, str]:
         )
         region = phonenumbers.region_code_for_number(number)
         # what phonenumbers.number_type does, without finding the region a second time
-        metadata = PhoneMetadata.metadata_for_region_or_calling_code(
-            int(lead[:cc]), region or "ZZ"
-        )
+        metadata = PhoneMetadata.metadata_for_region_or_calling_code(int(lead[:cc]), region or "ZZ")
         if metadata is not None:
             number_type = _number_type_helper(national, metadata)
         if number_type != PhoneNumberType.UNKNOWN:

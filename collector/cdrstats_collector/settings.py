@@ -119,8 +119,7 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
     if agg_days and (cdr_days == 0 or agg_days < cdr_days):
         raise ConfigError(
             "retention.aggregate_days",
-            f"must be 0 or at least retention.cdr_days, got {agg_days}"
-            f" with cdr_days = {cdr_days}",
+            f"must be 0 or at least retention.cdr_days, got {agg_days} with cdr_days = {cdr_days}",
             hint="aggregates are kept at least as long as the raw CDRs they summarise",
         )
     if values["port"] > 65535:
