@@ -147,6 +147,16 @@ async def load_profile(
     return dict(row[0])
 
 
+def _names_columns(options: dict[str, Any]) -> bool:
+    """Whether the mapping refers to a column by name (not by number)."""
+    refs: list[Any] = []
+    for value in (options.get("fields") or {}).values():
+        refs.extend(value if isinstance(value, list) else [value])
+    key = options.get("key")
+    refs.extend(key if isinstance(key, list) else [key] if key is not None else [])
+    return any(isinstance(ref, str) for ref in refs)
+
+
 def resolve_options(
     profile: dict[str, Any],
     detected: csvdetect.Detected,
@@ -164,7 +174,8 @@ def resolve_options(
     if "preset" not in opts:
         opts.setdefault("delimiter", detected.delimiter)
         if "column_names" not in opts:
-            opts.setdefault("header", detected.header)
+            # columns named in the mapping can only come from a header line
+            opts.setdefault("header", detected.header or _names_columns(opts))
         if detected.decimal_comma:
             opts.setdefault("decimal_comma", True)
     opts.setdefault("encoding", detected.encoding)

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 from cdrstats_agent.errors import ConfigError
 from cdrstats_collector import csvimport, tenants
+from cdrstats_csv import detect as csvdetect
 from csvimport_testkit import REFERENCE, cdrs, job_row, rejects, run_import, save_profile, tenant
 
 CARRIER = {
@@ -356,3 +357,21 @@ async def test_timezone_precedence(database_url: str, tmp_path: Path) -> None:
     await run_import(database_url, tid, sid3, path, "ny", timezone="UTC")  # --timezone wins
     starts = {r["switch_id"]: r["start_time"].astimezone(UTC).hour for r in cdrs(database_url, tid)}
     assert starts == {sid: 9, sid2: 15, sid3: 10}
+
+
+async def test_named_columns_imply_a_header_the_guess_missed(
+    database_url: str, tmp_path: Path
+) -> None:
+    tid, sid = tenant(database_url)
+    save_profile(
+        database_url,
+        tid,
+        "named",
+        {"fields": {"start": "when", "callee": "who"}, "time_format": "%b %d %Y %H:%M"},
+    )
+    path = tmp_path / "text-only.csv"  # no value looks like data: no header guessed
+    path.write_text("who,when\nalice,Jan 05 2025 10:00\n")
+    assert not csvdetect.detect(path.read_bytes(), complete=True).header
+    job = await run_import(database_url, tid, sid, path, "named")
+    assert (job.imported, job.rejected) == (1, 0)
+    assert cdrs(database_url, tid)[0]["callee"] == "alice"
