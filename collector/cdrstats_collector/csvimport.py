@@ -187,7 +187,160 @@ def resolve_options(
     return opts
 
 
-# --- the import -------------------------------------------------------------------------------
+# --- preview (for the console's mapping page) -------------------------------------------------
+
+_GUESSES: dict[str, tuple[str, ...]] = {
+    # CDR field (or "key"): header names, compared lower-case without spaces, _ and -
+    "start": (
+        "start",
+        "starttime",
+        "startstamp",
+        "calldate",
+        "date",
+        "datetime",
+        "time",
+        "begin",
+        "setuptime",
+        "dateappel",
+    ),
+    "answer": ("answer", "answertime", "answerstamp", "connecttime"),
+    "end": ("end", "endtime", "endstamp", "hanguptime", "releasetime"),
+    "duration": ("duration", "durée", "duree", "length", "secs", "seconds", "calllength"),
+    "billsec": ("billsec", "billable", "billedduration", "billsecs", "talktime"),
+    "caller": (
+        "caller",
+        "src",
+        "from",
+        "calling",
+        "callingnumber",
+        "anumber",
+        "ani",
+        "cli",
+        "calleridnumber",
+        "source",
+        "appelant",
+    ),
+    "caller_name": ("callername", "calleridname", "clid", "name", "nom"),
+    "callee": (
+        "callee",
+        "dst",
+        "to",
+        "called",
+        "callednumber",
+        "bnumber",
+        "destination",
+        "destinationnumber",
+        "dialed",
+        "dialednumber",
+        "appelé",
+        "appele",
+    ),
+    "disposition": ("disposition", "status", "result", "callstatus"),
+    "hangup_cause": ("hangupcause", "cause", "releasecause", "q850"),
+    "accountcode": ("accountcode", "account", "customer", "client"),
+    "trunk": ("trunk", "gateway", "route", "carrier"),
+    "key": ("uniqueid", "callid", "id", "uuid", "cdrid", "recordid", "sessionid"),
+}
+
+
+def guess_fields(names: tuple[str, ...]) -> dict[str, str]:
+    """CDR field (and "key") -> header name, from usual column names (first match wins)."""
+    normal = {n.lower().replace(" ", "").replace("_", "").replace("-", ""): n for n in names}
+    found: dict[str, str] = {}
+    used: set[str] = set()
+    for target, candidates in _GUESSES.items():
+        for candidate in candidates:
+            name = normal.get(candidate)
+            if name is not None and name not in used:
+                found[target] = name
+                used.add(name)
+                break
+    return found
+
+
+@dataclass(frozen=True)
+class PreviewRow:
+    line: int
+    values: list[str] | None
+    """The record's values as cut with the options (None: it cannot be cut)."""
+    cdr: Any | None
+    """The mapped `CDR`, when a mapping was possible and the row maps."""
+    reason: str | None
+    """Why the row does not map (or cannot be cut)."""
+
+
+@dataclass(frozen=True)
+class Preview:
+    detected: csvdetect.Detected
+    options: dict[str, Any]
+    """The options the import would use (profile, or guesses, plus detection)."""
+    header: tuple[str, ...] | None
+    guesses: dict[str, str]
+    rows: list[PreviewRow]
+    problem: str | None
+    """Why no row can be mapped with these options (e.g. no start column), else None."""
+
+
+def preview(
+    sample: bytes,
+    profile: dict[str, Any] | None = None,
+    *,
+    complete: bool = False,
+    timezone: str = "UTC",
+    limit: int = 20,
+) -> Preview:
+    """The first `limit` records of a file as the import would read them.
+
+    `sample` is the file's first bytes (`csvdetect.SAMPLE_BYTES`; `complete` if that is the
+    whole file). Without a profile, fields are guessed from the header names. Raises
+    `csvdetect.NotText` for an empty or binary file.
+    """
+    detected = csvdetect.detect(sample, complete=complete)
+    body = sample[3:] if detected.bom else sample
+    base = dict(profile) if profile is not None else {}
+    syntax = resolve_options(base, detected, default_timezone=timezone)
+    names: tuple[str, ...] | None = None
+    split = split_records(body, quote=0x22, final=complete)
+    records = split.records[: limit + 1]
+    if syntax.get("header") and records:
+        cut = records[0].data.decode(syntax["encoding"], errors="replace")
+        with contextlib.suppress(ValueError):
+            names = tuple(
+                v.strip() for v in next(csv.reader([cut], delimiter=syntax.get("delimiter", ",")))
+            )
+    guesses = guess_fields(names) if names else {}
+    if profile is None:
+        fields = {k: v for k, v in guesses.items() if k != "key"}
+        base = {"fields": fields, "header": bool(names)}
+        if "key" in guesses:
+            base["key"] = guesses["key"]
+    options = resolve_options(base, detected, default_timezone=timezone)
+    mapping = None
+    problem = None
+    try:
+        mapping = mapping_from_options(options, "profile")
+    except ConfigError as exc:
+        problem = str(exc)
+    rows: list[PreviewRow] = []
+    header: tuple[str, ...] | None = None
+    for i, record in enumerate(records):
+        if mapping is None:
+            rows.append(PreviewRow(record.line, None, None, problem))
+            continue
+        if mapping.header and i == 0:
+            parsed = mapping.parse_header(record.data)
+            header = None if isinstance(parsed, Rejection) else parsed
+            continue
+        try:
+            values: list[str] | None = mapping.split(record.data)
+        except ValueError:
+            values = None
+        result = mapping.map_record(record.data, header)
+        if isinstance(result, Rejection):
+            rows.append(PreviewRow(record.line, values, None, result.reason))
+        else:
+            rows.append(PreviewRow(record.line, values, result, None))
+    return Preview(detected, options, header or names, guesses, rows[:limit], problem)
 
 
 @dataclass(slots=True)

@@ -375,3 +375,34 @@ async def test_named_columns_imply_a_header_the_guess_missed(
     job = await run_import(database_url, tid, sid, path, "named")
     assert (job.imported, job.rejected) == (1, 0)
     assert cdrs(database_url, tid)[0]["callee"] == "alice"
+
+
+def test_preview_guesses_fields_and_maps_the_first_rows() -> None:
+    sample = (
+        "Call-ID;Date;From;To;Duration;Status\r\n"
+        "x1;2025-01-05 10:00:00;0142000001;0612345678;12,5;ANSWERED\r\n"
+        "x2;bad;0142000002;0612345679;3;BUSY\r\n"
+        "x3;2025-01-05 10:02:00;0142000003;0612345670;0;NO ANSWER\r\n"
+    ).encode("cp1252")
+    seen = csvimport.preview(sample, complete=True, timezone="Europe/Paris", limit=2)
+    assert seen.guesses == {
+        "start": "Date",
+        "duration": "Duration",
+        "caller": "From",
+        "callee": "To",
+        "disposition": "Status",
+        "key": "Call-ID",
+    }
+    assert seen.header == ("Call-ID", "Date", "From", "To", "Duration", "Status")
+    assert seen.options["delimiter"] == ";" and seen.options["decimal_comma"] is True
+    assert seen.problem is None and [r.line for r in seen.rows] == [2, 3]
+    first, second = seen.rows
+    assert first.cdr is not None and first.cdr.key == "x1" and first.cdr.duration == 12
+    assert first.cdr.start == datetime(2025, 1, 5, 9, 0, tzinfo=UTC)
+    assert second.cdr is None and second.values is not None and second.values[1] == "bad"
+    assert second.reason is not None and "column 2 'Date'" in second.reason
+    # a profile is used as it is; a file without a time column says why nothing maps
+    nothing = csvimport.preview(b"a;b\r\nx;y\r\n", complete=True)
+    assert nothing.problem is not None and "fields.start: is required" in nothing.problem
+    with pytest.raises(csvdetect.NotText):
+        csvimport.preview(b"", complete=True)
