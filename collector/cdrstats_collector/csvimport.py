@@ -39,10 +39,10 @@ from pathlib import Path
 from queue import Empty, Full
 from typing import IO, Any
 
+import cdrstats_csv.detect as csvdetect
 import psycopg
 from cdrstats_agent import wire
 from cdrstats_agent.errors import ConfigError
-from cdrstats_csv import detect as csvdetect
 from cdrstats_csv.config import mapping_from_options
 from cdrstats_csv.mapping import Mapping, Rejection
 from cdrstats_csv.presets import PRESET_NAMES

@@ -6,11 +6,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import cdrstats_csv.detect as csvdetect
 import psycopg
 import pytest
 from cdrstats_agent.errors import ConfigError
 from cdrstats_collector import csvimport, tenants
-from cdrstats_csv import detect as csvdetect
 from csvimport_testkit import REFERENCE, cdrs, job_row, rejects, run_import, save_profile, tenant
 
 CARRIER = {
