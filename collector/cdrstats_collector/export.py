@@ -248,6 +248,16 @@ class _Sink(io.RawIOBase):
         return out
 
 
+def _member(name: str) -> zipfile.ZipInfo:
+    """A zip member with a fixed timestamp: the same search gives the same bytes."""
+    info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    # Level 1 as for the whole file: a ZipInfo otherwise carries zlib's default level. The
+    # attribute is `_compresslevel` on 3.11/3.12 (3.13 keeps it as an alias of compress_level).
+    setattr(info, "_compresslevel", 1)  # noqa: B010
+    return info
+
+
 async def xlsx_stream(
     pool: AsyncConnectionPool[Any], tenant: int, tz: ZoneInfo, w: Where, names: Mapping[int, str]
 ) -> AsyncIterator[bytes]:
@@ -257,9 +267,9 @@ async def xlsx_stream(
     sink = _Sink()
     with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
         for name, text in _STATIC_PARTS.items():
-            zf.writestr(name, text)
+            zf.writestr(_member(name), text)
         yield sink.take()
-        with zf.open("xl/worksheets/sheet1.xml", "w", force_zip64=True) as sheet:
+        with zf.open(_member("xl/worksheets/sheet1.xml"), "w", force_zip64=True) as sheet:
             sheet.write(f'{_XML}<worksheet xmlns="{_NS}"><sheetData>{_header_row()}'.encode())
             async with (
                 tenant_connection(pool, tenant) as conn,
