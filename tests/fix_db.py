@@ -172,6 +172,7 @@ class CollectorServer:
         pool_timeout: float = 2.0,
         max_body_bytes: int | None = None,
         log_level: str = "debug",
+        extra_config: str = "",
     ) -> None:
         self.database_url = database_url
         self.port = port or free_port()
@@ -182,7 +183,7 @@ class CollectorServer:
         lines = ["[database]", f"pool_timeout = {pool_timeout}", "[server]"]
         if max_body_bytes is not None:
             lines.append(f"max_body_bytes = {max_body_bytes}")
-        self.config_path.write_text("\n".join(lines) + "\n")
+        self.config_path.write_text("\n".join(lines) + "\n" + extra_config)
         self.log_level = log_level
         self.process: subprocess.Popen[bytes] | None = None
 

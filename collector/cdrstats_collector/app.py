@@ -97,7 +97,8 @@ def create_app(settings: Settings) -> Starlette:
         )
         # Do not wait for PostgreSQL: the collector answers 503 until it is reachable.
         await pool.open(wait=False)
-        state = CollectorState(settings, pool, Ingestor(), AgentDirectory(), metrics.Metrics())
+        ingestor = Ingestor(aggregates=settings.aggregates)
+        state = CollectorState(settings, pool, ingestor, AgentDirectory(), metrics.Metrics())
         app.state.collector = state
         task = asyncio.create_task(_maintain(state), name="cdrstats-maintenance")
         log.info("collector_started", url=settings.url)

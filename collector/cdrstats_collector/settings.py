@@ -24,6 +24,11 @@ The database URL comes from, in order: `--database-url`, the environment variabl
     stale_s = 90              # a source's live calls are forgotten after this long without
                               # news from it (keep >= 3 x the plugins' snapshot interval)
 
+    [ingest]
+    aggregates = true         # update the aggregates in the ingest transaction; false only
+                              # for a bulk backfill (then `cdrstats db rebuild-aggregates`)
+                              # or to measure their cost (bench/ingest.py)
+
     [retention]               # docs/analytics.md, "Retention"
     cdr_days = 0              # raw CDRs kept this many days (0: for ever); per tenant:
                               #   `cdrstats tenant retention NAME --cdr-days N`
@@ -65,6 +70,7 @@ class Settings:
     live_stale_s: float = 90.0
     cdr_retention_days: int = 0
     aggregate_retention_days: int = 0
+    aggregates: bool = True
 
     @property
     def url(self) -> str:
@@ -96,6 +102,7 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
     maint = Options(top.table("maintenance", {}), "maintenance")
     live = Options(top.table("live", {}), "live")
     keep = Options(top.table("retention", {}), "retention")
+    ingest = Options(top.table("ingest", {}), "ingest")
     top.finish()
     file_url = db.text("url", None)
     defaults = Settings(database_url="")
@@ -112,8 +119,9 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
         "live_stale_s": live.number("stale_s", defaults.live_stale_s, minimum=1),
         "cdr_retention_days": keep.integer("cdr_days", 0, minimum=0),
         "aggregate_retention_days": keep.integer("aggregate_days", 0, minimum=0),
+        "aggregates": ingest.flag("aggregates", True),
     }
-    for opts in (db, server, maint, live, keep):
+    for opts in (db, server, maint, live, keep, ingest):
         opts.finish()
     cdr_days, agg_days = values["cdr_retention_days"], values["aggregate_retention_days"]
     if agg_days and (cdr_days == 0 or agg_days < cdr_days):

@@ -261,8 +261,14 @@ class Ingestor:
     """Stores batches; holds the per-process caches (known partitions, encoded addresses,
     numbering plans, tenant timezones, the destination classifier)."""
 
-    def __init__(self, cache: partitions.PartitionCache | None = None) -> None:
+    def __init__(
+        self, cache: partitions.PartitionCache | None = None, *, aggregates: bool = True
+    ) -> None:
         self.partitions = cache or partitions.PartitionCache()
+        self.aggregates = aggregates
+        """False (`[ingest] aggregates = false`): rows are stored (and classified) without
+        updating the aggregates: a bulk backfill followed by `aggregates.rebuild`, or a
+        measurement of their cost."""
         self._inet: dict[str, bytes] = {}
         self._switches: dict[int, _SwitchContext] = {}
         self.classifier = classify.Classifier()
@@ -401,7 +407,7 @@ class Ingestor:
             ctx = await self._context(conn, agent)
             self.classify_rows(prepared.rows, ctx.plan)
             accepted, facts = await self._load(conn, prepared.rows)
-            grouped = aggregates.group(facts, ctx.days) if accepted else None
+            grouped = aggregates.group(facts, ctx.days) if accepted and self.aggregates else None
             ack = wire.Ack(seq=seq, accepted=accepted, duplicates=len(prepared.rows) - accepted)
             notify = None
             if accepted:
@@ -452,7 +458,7 @@ class Ingestor:
             self.classify_rows(prepared.rows, ctx.plan)
             accepted, facts = await self._load(conn, prepared.rows)
             if accepted:
-                grouped = aggregates.group(facts, ctx.days)
+                grouped = aggregates.group(facts, ctx.days) if self.aggregates else None
                 notify = json.dumps(
                     {
                         "tenant_id": ref.tenant_id,
@@ -463,9 +469,10 @@ class Ingestor:
                 )
                 try:
                     async with conn.pipeline():
-                        await aggregates.apply(
-                            conn, grouped, ref.tenant_id, ref.switch_id, ctx.days.timezone
-                        )
+                        if grouped is not None:
+                            await aggregates.apply(
+                                conn, grouped, ref.tenant_id, ref.switch_id, ctx.days.timezone
+                            )
                         await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, notify))
                 except pgerrors.DeadlockDetected as exc:
                     raise StoreUnavailable("aggregate update deadlocked; retry") from exc

@@ -288,3 +288,25 @@ def test_concurrent_collectors_of_one_tenant(database_url: str) -> None:
         conn.execute("TRUNCATE " + ", ".join(aggregates.ALL_TABLES))
         aggregates.rebuild_all(conn)
         assert aggregate_snapshot(conn) == maintained
+
+
+def test_ingest_without_aggregates_then_rebuild(database_url: str, agent: store.AgentRef) -> None:
+    """`[ingest] aggregates = false` (bulk backfill): CDRs stored and classified, no aggregate
+    row; a rebuild then gives exactly what ingest with aggregates maintains."""
+
+    async def run(ingestor: store.Ingestor) -> None:
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            await ingestor.ingest(conn, agent, 1, (1).to_bytes(32, "big"), checked(calls()))
+
+    asyncio.run(run(store.Ingestor(aggregates=False)))
+    with psycopg.connect(database_url) as conn:
+        assert all(rows == [] for rows in aggregate_snapshot(conn).values())
+        stored = conn.execute("SELECT count(*), count(dest_country) FROM cdr").fetchone()
+        assert stored is not None and stored[0] == len(calls()) and stored[1] > 0
+        aggregates.rebuild_all(conn)
+        rebuilt = aggregate_snapshot(conn)
+        conn.execute("TRUNCATE cdr, ingest_batch, " + ", ".join(aggregates.ALL_TABLES))
+        conn.commit()
+    ingest(database_url, agent, (2, calls()))  # the agent's next batch, aggregates maintained
+    with psycopg.connect(database_url) as conn:
+        assert aggregate_snapshot(conn) == rebuilt

@@ -21,6 +21,10 @@ def test_precedence(tmp_path: Path) -> None:
     assert settings.load(None, config, env).database_url == "postgresql://env/db"
     assert settings.load(None, config, {}).database_url == "postgresql://file/db"
     assert settings.load(None, config, {}).url == "https://cdr.example.net"
+    assert settings.load(None, config, {}).aggregates is True
+    config.write_text('[database]\nurl = "u"\n[ingest]\naggregates = false\n')
+    assert settings.load(None, config, {}).aggregates is False
+    config.write_text('[database]\nurl = "postgresql://file/db"\n')
     via_env = settings.load(None, None, {"CDRSTATS_CONFIG": str(config)})
     assert via_env.database_url == "postgresql://file/db"
 
@@ -41,6 +45,7 @@ def test_url_only_needs_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('[database]\nurl = "u"\n[server]\nport = "80"\n', "server.port: must be an integer"),
         ('[database]\nurl = "u"\n[server]\nport = 70000\n', "server.port: must be at most"),
         ('[database]\nurl = "u"\n[sever]\n', "sever: is not a known option"),
+        ('[database]\nurl = "u"\n[ingest]\naggregates = "no"\n', "ingest.aggregates: must be"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, message: str) -> None:
