@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import auth, keys, replies
+from . import audit, auth, keys, replies
 from .agents import parse_agent_id
 from .state import get_state
 
@@ -258,7 +258,7 @@ async def create_command(
                 command.expires_at,
             ),
         )
-        await _audit(
+        await audit.record(
             conn,
             tenant_id,
             user_id,
@@ -272,23 +272,6 @@ async def create_command(
     assert row is not None
     log.info("command_created", id=str(cmd_id), verb=verb, ip=str(ip), switch=switch, by=issued_by)
     return row
-
-
-async def _audit(
-    conn: psycopg.AsyncConnection[Any],
-    tenant_id: int | None,
-    user_id: int | None,
-    username: str,
-    action: str,
-    target: str,
-    detail: dict[str, Any],
-) -> None:
-    # The console's audit log (migration 0005, cdrstats_web/audit.py): one log for everything.
-    await conn.execute(
-        "INSERT INTO audit_log (tenant_id, user_id, username, action, target, detail)"
-        " VALUES (%s, %s, %s, %s, %s, %s)",
-        (tenant_id, user_id, username, action, target, Jsonb(detail)),
-    )
 
 
 async def get_command(conn: psycopg.AsyncConnection[Any], cmd_id: uuid.UUID) -> CommandRow | None:
@@ -363,7 +346,7 @@ async def record_result(
             found = await cur.fetchone()
             if found is not None and found[2] is not None:
                 return "already"
-            await _audit(
+            await audit.record(
                 conn,
                 None if found is None else int(found[0]),
                 None,
@@ -390,7 +373,7 @@ async def record_result(
                     "DELETE FROM ip_block WHERE tenant_id = %s AND switch_id = %s AND ip = %s",
                     (tenant_id, switch_id, ip),
                 )
-        await _audit(
+        await audit.record(
             conn,
             int(tenant_id),
             user_id,

@@ -1,4 +1,4 @@
-"""The console's audit log (table `audit_log`, migration 0005).
+"""The console's side of the audit log (cdrstats_collector/audit.py): entries by a user.
 
 Every administrative action is recorded in the same transaction as the action: either both
 happen or neither. Superadmins read every entry, tenant admins their tenant's.
@@ -9,26 +9,15 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from cdrstats_collector import auth
-from psycopg.types.json import Jsonb
+from cdrstats_collector import audit, auth
 from psycopg_pool import AsyncConnectionPool
 
-_INSERT = (
-    "INSERT INTO audit_log (tenant_id, user_id, username, action, target, detail)"
-    " VALUES (%s, %s, %s, %s, %s, %s)"
-)
 _RECENT = """
 SELECT a.at, t.name, a.username, a.action, a.target, a.detail
 FROM audit_log a LEFT JOIN tenant t ON t.id = a.tenant_id
 WHERE %(t)s::bigint IS NULL OR a.tenant_id = %(t)s
 ORDER BY a.at DESC, a.id DESC LIMIT %(n)s
 """
-
-
-def _values(
-    who: auth.Principal, action: str, tenant_id: int | None, target: str, detail: dict[str, Any]
-) -> tuple[Any, ...]:
-    return (tenant_id, who.user_id, who.username, action, target, Jsonb(detail))
 
 
 def record_sync(
@@ -39,7 +28,7 @@ def record_sync(
     target: str = "",
     detail: dict[str, Any] | None = None,
 ) -> None:
-    conn.execute(_INSERT, _values(who, action, tenant_id, target, detail or {}))
+    audit.record_sync(conn, tenant_id, who.user_id, who.username, action, target, detail)
 
 
 async def record(
@@ -50,7 +39,7 @@ async def record(
     target: str = "",
     detail: dict[str, Any] | None = None,
 ) -> None:
-    await conn.execute(_INSERT, _values(who, action, tenant_id, target, detail or {}))
+    await audit.record(conn, tenant_id, who.user_id, who.username, action, target, detail)
 
 
 async def recent(
