@@ -42,7 +42,14 @@ from cdrstats_agent import logs
 from .store import NOTIFY_CHANNEL
 
 LIVE_CHANNEL = "cdrstats_live"
-CHANNELS = {NOTIFY_CHANNEL: "cdr", LIVE_CHANNEL: "live"}
+IMPORT_CHANNEL = "cdrstats_import"  # csvimport.NOTIFY_CHANNEL: an import job's counters
+ALERT_CHANNEL = "cdrstats_alert"  # an alert raised, acknowledged, snoozed or resolved
+CHANNELS = {
+    NOTIFY_CHANNEL: "cdr",
+    LIVE_CHANNEL: "live",
+    IMPORT_CHANNEL: "import",
+    ALERT_CHANNEL: "alert",
+}
 """PostgreSQL channel -> SSE event name."""
 
 log = logs.get_logger("cdrstats.collector.realtime")
@@ -52,7 +59,7 @@ log = logs.get_logger("cdrstats.collector.realtime")
 class Event:
     id: str
     seq: int
-    name: str  # 'cdr' | 'live' | 'resync'
+    name: str  # 'cdr' | 'live' | 'import' | 'alert' | 'resync'
     tenant_id: int | None  # None: for every subscriber (resync)
     data: dict[str, Any]
 
