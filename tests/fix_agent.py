@@ -138,7 +138,10 @@ class SpoolView:
 
 
 class AgentProcess:
-    """`cdrstats-agent run` as a subprocess, with one csv source over `cdr_dir`."""
+    """`cdrstats-agent run` as a subprocess, with one csv source over `cdr_dir`.
+
+    `sources` (TOML text of one or more `[[source]]` tables) replaces that csv source.
+    """
 
     def __init__(
         self,
@@ -154,6 +157,7 @@ class AgentProcess:
         timeout_s: float = 10.0,
         spool_sync: str = "normal",
         log_level: str = "debug",
+        sources: str | None = None,
     ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
@@ -173,16 +177,8 @@ batch_max_age_s = {batch_max_age_s}
 timeout_s = {timeout_s}
 backoff_max_s = {backoff_max_s}
 
-[[source]]
-name = "master-csv"
-plugin = "csv"
-preset = "asterisk"
-path = "{cdr_dir}"
-timezone = "Europe/Paris"
-country_code = "33"
-interval = {interval}
-chunk_cdrs = {chunk_cdrs}
 """
+            + (sources if sources is not None else _csv_source(cdr_dir, interval, chunk_cdrs))
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
@@ -291,6 +287,19 @@ chunk_cdrs = {chunk_cdrs}
         """Log lines of one event (`event=NAME`)."""
         needle = f" event={event} "
         return [line for line in self.log_text().splitlines() if needle in line + " "]
+
+
+def _csv_source(cdr_dir: Path, interval: float, chunk_cdrs: int) -> str:
+    return f"""[[source]]
+name = "master-csv"
+plugin = "csv"
+preset = "asterisk"
+path = "{cdr_dir}"
+timezone = "Europe/Paris"
+country_code = "33"
+interval = {interval}
+chunk_cdrs = {chunk_cdrs}
+"""
 
 
 class AgentFactory(Protocol):

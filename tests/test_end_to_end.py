@@ -7,10 +7,8 @@ read from the file with the standard csv module), not by the code under test.
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,63 +25,32 @@ from cdrstats_agent.synthetic import (
 )
 from psycopg.rows import dict_row
 
+from tests.fix_agent import AgentFactory, AgentProcess
 from tests.fix_db import CollectorServer
 
-BIN = Path(sys.executable).parent
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 PARIS = ZoneInfo("Europe/Paris")
 
 
-class AgentProcess:
-    """`cdrstats-agent` enrolled with the collector and run as a subprocess."""
-
-    def __init__(self, workdir: Path, collector: CollectorServer, source: str) -> None:
-        self.state = workdir / "agent"
-        self.config = workdir / "agent.toml"
-        self.log = workdir / "agent.log"
-        self.config.write_text(
-            f'[agent]\nstate_dir = "{self.state}"\nspool_sync = "normal"\n\n'
-            f'[collector]\nurls = ["{collector.url}"]\nbatch_max_cdrs = 500\n'
-            f"batch_max_age_s = 0.2\n\n[[source]]\n{source}"
-        )
-        token = collector.create_token("acme", "pbx-paris")
-        subprocess.run(
-            [BIN / "cdrstats-agent", "enroll", "--config", self.config, collector.url, token],
-            check=True,
-            capture_output=True,
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [BIN / "cdrstats-agent", "run", "--config", self.config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(15)
-
-    def log_tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
-
-
 @pytest.fixture
-def agent_factory(tmp_path: Path, collector_server: CollectorServer) -> Iterator[Any]:
-    agents: list[AgentProcess] = []
+def start_agent(
+    tmp_path: Path, agent_factory: AgentFactory, collector_server: CollectorServer
+) -> Callable[[str], AgentProcess]:
+    """`start_agent(source)`: an agent of switch acme/pbx-paris with that `[[source]]` body."""
 
-    def make(source: str) -> AgentProcess:
-        agent = AgentProcess(tmp_path, collector_server, source)
-        agents.append(agent)
+    def start(source: str) -> AgentProcess:
+        agent = agent_factory(
+            tmp_path / "agent",
+            tmp_path,
+            collector_server.url,
+            batch_max_cdrs=500,
+            sources=f"[[source]]\n{source}",
+        )
+        agent.enroll(collector_server.url, collector_server.create_token("acme", "pbx-paris"))
         agent.start()
         return agent
 
-    yield make
-    for agent in agents:
-        agent.stop()
+    return start
 
 
 def wait_for_rows(database_url: str, expected: int, agent: AgentProcess) -> list[dict[str, Any]]:
@@ -147,7 +114,7 @@ def expected_row(cdr: CDR, row: list[str]) -> dict[str, Any]:
 
 
 def test_synthetic_master_csv_arrives_field_by_field(
-    tmp_path: Path, agent_factory: Any, collector_server: CollectorServer
+    tmp_path: Path, start_agent: Callable[[str], AgentProcess], collector_server: CollectorServer
 ) -> None:
     switch = DEMO_SWITCHES[0]
     gen = CallGenerator(switch, seed=11)
@@ -159,7 +126,7 @@ def test_synthetic_master_csv_arrives_field_by_field(
     master = cdr_dir / "Master.csv"
     half = len(rows) // 2
     master.write_text("".join(asterisk_csv_line(r) for r in rows[:half]))
-    agent = agent_factory(
+    agent = start_agent(
         f'name = "master"\nplugin = "csv"\npreset = "asterisk"\npath = "{cdr_dir}"\n'
         f'timezone = "Europe/Paris"\ncountry_code = "33"\ninterval = 0.05\n'
     )
@@ -179,7 +146,7 @@ def test_synthetic_master_csv_arrives_field_by_field(
 
 
 def test_reference_asterisk_master_csv(
-    tmp_path: Path, agent_factory: Any, collector_server: CollectorServer
+    tmp_path: Path, start_agent: Callable[[str], AgentProcess], collector_server: CollectorServer
 ) -> None:
     """The Asterisk testsuite's Master.csv (18 columns, UTC stamps) stored as written."""
     source = REFERENCE / "asterisk" / "testsuite_self_test_Master.csv"
@@ -190,7 +157,7 @@ def test_reference_asterisk_master_csv(
     (cdr_dir / "Master.csv").write_bytes(source.read_bytes())
     with source.open(newline="") as f:
         lines = [r for r in csv.reader(f) if r]
-    agent = agent_factory(
+    agent = start_agent(
         f'name = "master"\nplugin = "csv"\npreset = "asterisk"\npath = "{cdr_dir}"\n'
         "usegmtime = true\ninterval = 0.05\n"
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from test_freeswitch_pg import FIELDS as PG_FIELDS
 from test_freeswitch_sqlite import COLUMNS as SQLITE_COLUMNS
 from test_freeswitch_sqlite import reference_db
 
+from tests.fix_agent import AgentProcess
 from tests.fix_db import CollectorServer, create_database, drop_database, free_port, with_dbname
 
 BIN = Path(sys.executable).parent
@@ -46,39 +46,11 @@ def variables(n: int) -> dict[str, str]:
     return v
 
 
-class Agent:
-    def __init__(self, workdir: Path, collector: CollectorServer, sources: str) -> None:
-        self.config = workdir / "agent.toml"
-        self.log = workdir / "agent.log"
-        self.config.write_text(
-            f'[agent]\nstate_dir = "{workdir / "state"}"\nspool_sync = "normal"\n'
-            f'log_level = "debug"\n\n[collector]\nurls = ["{collector.url}"]\n'
-            f"batch_max_cdrs = 200\nbatch_max_age_s = 0.2\nbackoff_max_s = 1.0\n\n{sources}"
-        )
-        token = collector.create_token("acme", "fs-paris")
-        subprocess.run(
-            [BIN / "cdrstats-agent", "enroll", "--config", self.config, collector.url, token],
-            check=True,
-            capture_output=True,
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [BIN / "cdrstats-agent", "run", "--config", self.config],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(20)
-        self.proc = None
-
-    def tail(self) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-40:])
+def enrolled_agent(workdir: Path, collector: CollectorServer, sources: str) -> AgentProcess:
+    """An agent of switch acme/fs-paris with these `[[source]]` tables, enrolled, not started."""
+    agent = AgentProcess(workdir / "agent", workdir, collector.url, sources=sources)
+    agent.enroll(collector.url, collector.create_token("acme", "fs-paris"))
+    return agent
 
 
 @pytest.fixture
@@ -148,14 +120,16 @@ def stored(database_url: str) -> dict[str, list[dict[str, Any]]]:
     return by_key
 
 
-def wait_rows(database_url: str, count: int, agent: Agent) -> dict[str, list[dict[str, Any]]]:
+def wait_rows(
+    database_url: str, count: int, agent: AgentProcess
+) -> dict[str, list[dict[str, Any]]]:
     deadline = time.monotonic() + 90
     while True:
         rows = stored(database_url)
         if sum(len(r) for r in rows.values()) >= count:
             return rows
         if time.monotonic() > deadline:
-            pytest.fail(f"{len(rows)} of {count} CDRs stored; agent log:\n{agent.tail()}")
+            pytest.fail(f"{len(rows)} of {count} CDRs stored; agent log:\n{agent.log_tail()}")
         time.sleep(0.2)
 
 
@@ -192,7 +166,7 @@ def test_every_store_arrives_once_field_by_field(
     write_sqlite(db, halves["sqlite"][0])
     write_pg(fs_pg, halves["pg"][0])
     common = 'plugin = "freeswitch"\ntimezone = "Europe/Paris"\ncountry_code = "33"\n'
-    agent = Agent(
+    agent = enrolled_agent(
         tmp_path,
         collector_server,
         f'[[source]]\nname = "csv"\nstore = "csv"\npath = "{csv_dir}"\ninterval = 0.05\n{common}\n'
@@ -261,7 +235,7 @@ def test_a_2xx_means_stored_even_if_the_agent_is_killed_right_after(
 ) -> None:
     """Each post answered 200 is in the spool: SIGKILL just after the last 200 loses none."""
     port = free_port()
-    agent = Agent(
+    agent = enrolled_agent(
         tmp_path,
         collector_server,
         f'[[source]]\nname = "http"\nplugin = "freeswitch"\nstore = "http"\nport = {port}\n',
@@ -272,9 +246,7 @@ def test_a_2xx_means_stored_even_if_the_agent_is_killed_right_after(
     numbers = range(400, 420)
     try:
         post_all(port, numbers)
-        assert agent.proc is not None
-        agent.proc.kill()
-        agent.proc.wait(20)
+        agent.kill()
         collector_server.start()
         agent.start()
         rows = wait_rows(collector_server.database_url, len(numbers), agent)
@@ -291,7 +263,7 @@ def live_calls(database_url: str) -> dict[str, dict[str, Any]]:
 
 
 def wait_live(
-    database_url: str, condition: Any, what: str, agent: Agent
+    database_url: str, condition: Any, what: str, agent: AgentProcess
 ) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + 60
     while True:
@@ -299,7 +271,7 @@ def wait_live(
         if condition(calls):
             return calls
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out waiting for {what}: {calls}; agent log:\n{agent.tail()}")
+            pytest.fail(f"timed out waiting for {what}: {calls}; agent log:\n{agent.log_tail()}")
         time.sleep(0.2)
 
 
@@ -324,7 +296,7 @@ def test_live_calls_from_the_event_socket_reach_the_collector(
     peer = EslPeer(password="s3cret")
     csv_dir = tmp_path / "cdr-csv"
     csv_dir.mkdir()
-    agent = Agent(
+    agent = enrolled_agent(
         tmp_path,
         collector_server,
         f'[[source]]\nname = "fs"\nplugin = "freeswitch"\nstore = "csv"\npath = "{csv_dir}"\n'
@@ -334,7 +306,7 @@ def test_live_calls_from_the_event_socket_reach_the_collector(
     try:
         deadline = time.monotonic() + 30
         while peer.subscribed() < 1:
-            assert time.monotonic() < deadline, f"no ESL subscription; log:\n{agent.tail()}"
+            assert time.monotonic() < deadline, f"no ESL subscription; log:\n{agent.log_tail()}"
             time.sleep(0.1)
         peer.send_event(event("CHANNEL_CREATE"))
         peer.send_event(event("CHANNEL_ANSWER"))
