@@ -65,7 +65,7 @@ class Console:
         return Middleware(ConsoleSessions, https_only=self.https)
 
     def mount(self) -> Mount:
-        from . import accounts, admin, pages, stream, switches, tokens
+        from . import accounts, admin, blocks, pages, stream, switches, tokens
 
         def r(path: str, handler: Handler, methods: list[str] | None = None) -> Route:
             return Route(path, functools.partial(handler, self), methods=methods or ["GET"])
@@ -84,6 +84,9 @@ class Console:
             r("/t/{tenant:int}/switches", switches.view),
             r("/t/{tenant:int}/switches/token", switches.create_token, ["POST"]),
             r("/t/{tenant:int}/switches/revoke", switches.revoke, ["POST"]),
+            r("/t/{tenant:int}/blocks", blocks.view),
+            r("/t/{tenant:int}/blocks", blocks.block, ["POST"]),
+            r("/t/{tenant:int}/blocks/unblock", blocks.unblock, ["POST"]),
             r("/account", tokens.view),
             r("/account/tokens", tokens.create, ["POST"]),
             r("/account/tokens/revoke", tokens.revoke, ["POST"]),
