@@ -96,6 +96,8 @@
         var dt = document.createElement("dt"); dt.className = "col-5 col-sm-4"; dt.textContent = k;
         var dd = document.createElement("dd"); dd.className = "col-7 col-sm-8 text-break";
         dd.textContent = d[k] === null ? "–" : String(d[k]);
+        var bb = k === "src_ip" && window.cdrstatsBlockButton && cdrstatsBlockButton(d[k], d["switch"]);
+        if (bb) { bb.classList.add("ms-2"); dd.appendChild(bb); }
         dl.appendChild(dt); dl.appendChild(dd);
       });
       document.getElementById("cdr-extra").textContent = JSON.stringify(d.extra, null, 2);

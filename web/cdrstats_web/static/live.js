@@ -27,11 +27,13 @@
     body.replaceChildren();
     if (!calls.length) {
       var tr = row(body, ["No call in progress."]);
-      tr.firstChild.colSpan = 6; tr.firstChild.className = "text-body-secondary";
+      tr.firstChild.colSpan = 7; tr.firstChild.className = "text-body-secondary";
     }
     calls.forEach(function (c) {
-      var tr = row(body, [c.switch, c.state, c.caller, c.callee, c.direction, since(c.answered_at || c.started_at)], true);
+      var tr = row(body, [c.switch, c.state, c.caller, c.callee, c.direction, c.src_ip, since(c.answered_at || c.started_at)], true);
       tr.setAttribute("data-call-id", c.call_id);
+      var bb = window.cdrstatsBlockButton && cdrstatsBlockButton(c.src_ip, c.switch);
+      if (bb) { bb.classList.add("ms-1"); tr.children[5].appendChild(bb); }
     });
   }
   function plot(counts) {
