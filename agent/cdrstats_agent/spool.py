@@ -580,6 +580,11 @@ class Spool:
         return int(self.store.batches)
 
     @property
+    def pending_cdrs(self) -> int:
+        """CDRs not yet acknowledged (in formed batches and not yet batched)."""
+        return int(self.store.unbatched_cdrs + self.store.batch_cdrs)
+
+    @property
     def bytes_used(self) -> int:
         return self.store.bytes_used
 

@@ -5,8 +5,9 @@ Two coroutines share one `Uplink`:
           `batch_max_age_s`; it keeps at most one batch ready behind the one in flight, so the
           next body is already built (and durable) when an ack arrives.
   sender  sends the lowest-numbered batch, one at a time (the collector relies on in-order
-          delivery per agent), sealed with a fresh `sent_at` at each attempt, and reacts to the
-          answer as docs/http-api.md says:
+          delivery per agent), sealed with a fresh `sent_at` and spool status (what waits
+          besides it, its delivery lag) at each attempt, and reacts to the answer as
+          docs/http-api.md says:
             200            delete the batch (the only way a CDR leaves the spool)
             401, 403       log the reason once, keep the batch, retry with backoff
             409            renumber the pending batches after the collector's last_seq, resend
@@ -152,12 +153,23 @@ class Uplink:
             if batch is not None:
                 await self._deliver(client, batch)
 
+    def spool_status(self, batch: PendingBatch) -> wire.SpoolStatus:
+        """What waits in the spool besides `batch`, and how long `batch` has waited."""
+        spool = self.spool
+        return wire.SpoolStatus(
+            batches=max(0, spool.batches - 1),
+            cdrs=max(0, spool.pending_cdrs - batch.cdrs),
+            lag_s=round(max(0.0, time.time() - batch.oldest_at), 3),
+        )
+
     async def _deliver(self, client: httpx.AsyncClient, batch: PendingBatch) -> None:
         """Deliver one batch: return once the spool was changed by the collector's answer."""
         failures = 0
         while True:
             url = self.url
-            envelope = wire.seal_batch(self.agent_id, batch.seq, batch.body, self.key)
+            envelope = wire.seal_batch(
+                self.agent_id, batch.seq, batch.body, self.key, spool=self.spool_status(batch)
+            )
             try:
                 response = await client.post(
                     url + INGEST_PATH,

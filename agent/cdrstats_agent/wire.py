@@ -451,22 +451,70 @@ def unseal(data: bytes, expected_type: str) -> Envelope:
 
 
 @dataclass(frozen=True, slots=True)
+class SpoolStatus:
+    """The agent's spool as it was when a batch was sent (optional `spool` map of a batch).
+
+    Advisory: it is not covered by the batch's digest (a resend may carry fresher figures),
+    and a malformed one is ignored by the collector, never a reason to refuse CDRs.
+    """
+
+    batches: int
+    """Formed batches waiting besides the one sent."""
+    cdrs: int
+    """CDRs waiting besides the batch's (in formed batches and not yet batched)."""
+    lag_s: float
+    """How long the oldest CDR of the batch sent had been in the spool (delivery lag)."""
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"batches": self.batches, "cdrs": self.cdrs, "lag_s": self.lag_s}
+
+
+SPOOL_MAX_LAG_S = 10 * 365 * 86_400.0
+
+
+def spool_status(value: Any) -> SpoolStatus:
+    """Check a batch's `spool` map; raises `WireError` naming the bad field."""
+    if not isinstance(value, dict):
+        raise WireError("spool must be a map")
+    batches: Any = value.get("batches")
+    cdrs: Any = value.get("cdrs")
+    lag: Any = value.get("lag_s")
+    for name, count in (("batches", batches), ("cdrs", cdrs)):
+        if type(count) is not int or not 0 <= count <= 2**53:
+            raise WireError(f"spool.{name} must be a non-negative integer")
+    if type(lag) not in (int, float) or not 0 <= lag <= SPOOL_MAX_LAG_S:
+        raise WireError(f"spool.lag_s must be a number of seconds from 0 to {SPOOL_MAX_LAG_S:g}")
+    return SpoolStatus(batches=batches, cdrs=cdrs, lag_s=float(lag))
+
+
+@dataclass(frozen=True, slots=True)
 class Batch:
     agent: str
     seq: int
     sent_at: int
     body: bytes
+    spool: SpoolStatus | None = None
+    """The spool status sent with the batch (None: not sent, or malformed)."""
+    spool_error: str | None = None
+    """Why a `spool` map that was sent was ignored."""
 
 
 def seal_batch(
-    agent: str, seq: int, body: bytes, key: SigningKey, sent_at: int | None = None
+    agent: str,
+    seq: int,
+    body: bytes,
+    key: SigningKey,
+    sent_at: int | None = None,
+    spool: SpoolStatus | None = None,
 ) -> bytes:
-    payload = {
+    payload: dict[str, Any] = {
         "agent": agent,
         "seq": seq,
         "sent_at": now_us() if sent_at is None else sent_at,
         "body": body,
     }
+    if spool is not None:
+        payload["spool"] = spool.to_wire()
     return seal("cdr_batch", agent, payload, key)
 
 
@@ -481,7 +529,15 @@ def open_batch(envelope: Envelope, key: VerifyKey) -> Batch:
         raise WireError("sent_at must be an integer of microseconds")
     if not isinstance(body, bytes):
         raise WireError("body must be binary")
-    return Batch(agent=agent, seq=seq, sent_at=sent_at, body=body)
+    spool, spool_error = None, None
+    if "spool" in payload:
+        try:
+            spool = spool_status(payload["spool"])
+        except WireError as exc:
+            spool_error = str(exc)
+    return Batch(
+        agent=agent, seq=seq, sent_at=sent_at, body=body, spool=spool, spool_error=spool_error
+    )
 
 
 @dataclass(slots=True)

@@ -133,6 +133,7 @@ class Received:
     sent_at: int
     body_digest: bytes
     url: str
+    spool: wire.SpoolStatus | None = None
 
 
 @dataclass
@@ -258,7 +259,7 @@ class CollectorPeer:
             status = st.commit_then.pop(0)
             st.received.append(Received(batch.seq, status, batch.sent_at, digest, self.url))
             return _error(status, "committed, but the answer is lost")
-        st.received.append(Received(batch.seq, 200, batch.sent_at, digest, self.url))
+        st.received.append(Received(batch.seq, 200, batch.sent_at, digest, self.url, batch.spool))
         return JSONResponse(
             {"seq": batch.seq, "accepted": accepted, "duplicates": duplicates, "redelivery": False}
         )

@@ -266,3 +266,48 @@ async def test_signed_status_request(peer: CollectorPeer) -> None:
         await fetch_agent_status(peer.url, identity.agent_id, SigningKey.generate())
     with pytest.raises(CollectorError, match="cannot reach"):
         await fetch_agent_status(dead_url(), identity.agent_id, key)
+
+
+async def test_each_batch_reports_what_waits_besides_it(spool: Spool, peer: CollectorPeer) -> None:
+    await fill(spool, 1200)
+    uplink = make_uplink(spool, peer, [peer.url])
+    async with running(uplink):
+        await drained(spool)
+    reports = [r.spool for r in peer.state.received]
+    assert all(r is not None for r in reports)
+    assert [r.cdrs for r in reports if r] == [700, 200, 0]
+    assert reports[-1] is not None and reports[-1].batches == 0
+    assert all(r.lag_s >= 0 for r in reports if r)
+
+
+def test_spool_status_is_optional_and_a_bad_one_is_ignored_with_its_reason() -> None:
+    key = SigningKey.generate()
+
+    def opened(payload_spool: Any) -> wire.Batch:
+        payload = {"agent": "a", "seq": 1, "sent_at": wire.now_us(), "body": b"x"}
+        if payload_spool is not None:
+            payload["spool"] = payload_spool
+        return wire.open_batch(
+            wire.unseal(wire.seal("cdr_batch", "a", payload, key), "cdr_batch"), key.verify_key
+        )
+
+    old = opened(None)  # an agent from before the spool status
+    assert (old.spool, old.spool_error) == (None, None)
+    good = wire.open_batch(
+        wire.unseal(
+            wire.seal_batch("a", 2, b"x", key, spool=wire.SpoolStatus(3, 1500, 12.5)),
+            "cdr_batch",
+        ),
+        key.verify_key,
+    )
+    assert good.spool == wire.SpoolStatus(batches=3, cdrs=1500, lag_s=12.5)
+    for bad, field in (
+        ([1, 2], "spool must be a map"),
+        ({"batches": -1, "cdrs": 0, "lag_s": 0}, "spool.batches"),
+        ({"batches": 0, "cdrs": "many", "lag_s": 0}, "spool.cdrs"),
+        ({"batches": 0, "cdrs": 0, "lag_s": True}, "spool.lag_s"),
+        ({"batches": 0, "cdrs": 0}, "spool.lag_s"),
+    ):
+        batch = opened(bad)
+        assert batch.spool is None and batch.body == b"x"
+        assert batch.spool_error is not None and field in batch.spool_error
