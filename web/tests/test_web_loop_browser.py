@@ -1,0 +1,163 @@
+"""Closing the loop in a real Chromium: block from a CDR's detail and from the live call table,
+the blocks page updating by itself when the agent's result arrives; screenshots."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from cdrstats_agent.plugin import LiveEvent
+from test_web_loop import report
+from web_testkit import (
+    PASSWORD,
+    SCREENSHOTS,
+    Ingest,
+    LiveFeed,
+    Seeded,
+    cdr,
+    chromium_or_skip,
+    fresh_tenant,
+    seed,
+    shared_server,
+)
+
+from tests.fix_db import CollectorServer
+
+DESKTOP = {"width": 1366, "height": 900}
+PHONE = {"width": 390, "height": 844}
+WAIT_MS = 15_000
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def console(
+    pg_admin_url: str, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[CollectorServer, Seeded]]:
+    workdir = tmp_path_factory.mktemp("web-loop-browser")
+    with shared_server(pg_admin_url, migrated_template, workdir) as server:
+        yield server, seed(server.database_url)
+
+
+def _page(browser: Any, base: str, viewport: dict[str, int] = DESKTOP) -> Any:
+    context = browser.new_context(base_url=base, viewport=viewport)
+    context.set_default_timeout(WAIT_MS)
+    return context.new_page()
+
+
+def _login(page: Any, username: str) -> None:
+    page.goto("/login")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url("**/t/*/")
+
+
+def _shot(page: Any, name: str) -> None:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
+def _no_horizontal_scroll(page: Any) -> None:
+    overflow = page.evaluate(
+        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
+    )
+    assert overflow <= 0, (page.url, overflow)
+
+
+def test_block_from_cdr_detail_and_live_calls(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, _seeded = console
+    mine = fresh_tenant(server.database_url)
+    agent = server.enroll(mine.name, "pbx-paris")
+    Ingest(server, agent).send([dataclasses.replace(cdr(1), src_ip="203.0.113.77")])
+    page = _page(browser, server.url)
+    try:
+        _login(page, mine.admin)
+        page.goto(f"/t/{mine.id}/cdrs")
+        page.locator("#cdr-table tbody tr").first.click()
+        page.locator("#cdr-detail.show").wait_for()
+        page.get_by_role("button", name="Block 203.0.113.77 on pbx-paris").click()
+        dialog = page.locator("#block-dialog.show")
+        dialog.wait_for()
+        assert page.locator("#cdr-detail.show").count() == 0  # one modal at a time
+        assert page.input_value("#bd-ip") == "203.0.113.77"
+        assert page.input_value("#bd-switch") == "pbx-paris"
+        page.select_option("#bd-ttl", "24h")
+        _shot(page, "block-dialog-desktop")
+        dialog.get_by_role("button", name="Block", exact=True).click()
+        page.wait_for_url(f"**/t/{mine.id}/blocks?queued=*")
+        notice = page.inner_text("#queued-notice")
+        assert "203.0.113.77" in notice and "waiting for the switch's agent" in notice
+        row = page.locator("#active-blocks tbody tr[data-ip='203.0.113.77']")
+        assert "pending" in row.inner_text() and mine.admin in row.inner_text()
+        # The agent's result arrives: the page shows it without a reload.
+        page.evaluate("window.__sameDocument = 'yes'")
+        cid = page.url.rsplit("=", 1)[1]
+        report(server, agent, cid, "done", "blocked 203.0.113.77 in nftables for 86400 s")
+        page.wait_for_function(
+            "document.getElementById('queued-notice').textContent.includes('done')"
+        )
+        assert page.evaluate("window.__sameDocument") == "yes"
+        assert "active" in row.inner_text() and "23 h 59 min" in row.inner_text()
+        assert "blocked 203.0.113.77 in nftables" in page.inner_text("#block-history")
+        _shot(page, "blocks-desktop")
+
+        # The live call table: a block button beside the call's source IP.
+        feed = LiveFeed(server, agent)
+        now = datetime.now(UTC).timestamp()
+        info = {"caller": "1001", "callee": "+33142278000", "src_ip": "198.51.100.23"}
+        feed.send(LiveEvent("started", "call-1", now, info))
+        page.goto(f"/t/{mine.id}/live")
+        page.get_by_role("button", name="Block 198.51.100.23 on pbx-paris").click()
+        page.locator("#block-dialog.show").wait_for()
+        assert page.input_value("#bd-ip") == "198.51.100.23"
+        page.get_by_role("button", name="Cancel").click()
+        page.locator("#block-dialog").wait_for(state="hidden")
+    finally:
+        page.context.close()
+
+    # A viewer sees the blocks but has no button to act; phone size without horizontal scroll.
+    page = _page(browser, server.url, PHONE)
+    try:
+        _login(page, mine.viewer)
+        page.goto(f"/t/{mine.id}/blocks")
+        assert "203.0.113.77" in page.inner_text("#active-blocks")
+        assert page.get_by_role("button", name="Unblock 203.0.113.77 on pbx-paris").count() == 0
+        _no_horizontal_scroll(page)
+        page.goto(f"/t/{mine.id}/cdrs")
+        page.locator("#cdr-table tbody tr").first.click()
+        page.locator("#cdr-detail.show").wait_for()
+        assert "203.0.113.77" in page.inner_text("#cdr-fields")
+        assert page.locator("#cdr-fields [data-block-ip]").count() == 0
+    finally:
+        page.context.close()
+    page = _page(browser, server.url, PHONE)
+    try:
+        _login(page, mine.admin)
+        page.goto(f"/t/{mine.id}/blocks")
+        _no_horizontal_scroll(page)
+        _shot(page, "blocks-phone")
+        page.once("dialog", lambda d: d.accept())
+        page.get_by_role("button", name="Unblock 203.0.113.77 on pbx-paris").click()
+        page.wait_for_url(f"**/t/{mine.id}/blocks?queued=*")
+        assert "Unblock of 203.0.113.77" in page.inner_text("#queued-notice")
+    finally:
+        page.context.close()
