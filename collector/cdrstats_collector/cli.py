@@ -19,8 +19,14 @@
     cdrstats unblock IP --switch NAME --tenant T [--dry-run]
     cdrstats blocks --tenant T [--commands]
     cdrstats allowlist add NETWORK [--tenant T] [--note TEXT] | list | delete NETWORK [--tenant T]
+    cdrstats notify add-email --tenant T --to ADDR[,ADDR] [--min-severity S] [--name N]
+    cdrstats notify add-webhook --tenant T --url URL [--secret S] [--min-severity S] [--name N]
+    cdrstats notify list --tenant T | test ID --tenant T | delete ID --tenant T
     cdrstats import FILE --profile NAME --tenant T --switch S [--timezone TZ] [--report OUT.csv]
     cdrstats import-profile add NAME --tenant T (--preset P | --file PROFILE.toml) | list --tenant T
+
+Every administrative command is written to the audit log as `cli:<os user>`, in the same
+transaction as what it does.
 
 Every command takes --database-url (else $CDRSTATS_DATABASE_URL, else [database] url in
 /etc/cdrstats/collector.toml or the --config file) and --embedded [DIR] (an embedded
@@ -32,9 +38,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import secrets
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -45,6 +53,7 @@ from cdrstats_agent.errors import ConfigError
 
 from . import (
     aggregates,
+    audit,
     auth,
     commands,
     csvimport,
@@ -53,6 +62,7 @@ from . import (
     enroll,
     maintenance,
     migrate,
+    notify,
     retention,
     settings,
     tenants,
@@ -74,6 +84,30 @@ def _settings(args: argparse.Namespace) -> settings.Settings:
 
 def _connect(cfg: settings.Settings) -> psycopg.Connection[Any]:
     return psycopg.connect(cfg.database_url, autocommit=True, connect_timeout=10)
+
+
+def actor() -> str:
+    """Who the audit log names for a CLI action: `cli:<os user>`."""
+    return f"cli:{getpass.getuser()}"
+
+
+class Audited:
+    """A connection in one transaction with `record()`: the action and its audit entry are
+    committed together (or neither is)."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    def record(
+        self, action: str, target: str = "", tenant_id: int | None = None, **detail: Any
+    ) -> None:
+        audit.record_sync(self.conn, tenant_id, None, actor(), action, target, detail)
+
+
+@contextlib.contextmanager
+def _audited(cfg: settings.Settings) -> Iterator[Audited]:
+    with _connect(cfg) as conn, conn.transaction():
+        yield Audited(conn)
 
 
 # --- commands --------------------------------------------------------------------------------
@@ -178,8 +212,14 @@ def cmd_tenant_retention(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     if args.default == (args.cdr_days is not None):
         raise UsageError("give either --cdr-days N or --default")
-    with _connect(cfg) as conn:
-        retention.set_tenant_retention(conn, args.name, args.cdr_days)
+    with _audited(cfg) as a:
+        retention.set_tenant_retention(a.conn, args.name, args.cdr_days)
+        a.record(
+            "tenant.retention",
+            args.name,
+            tenants.tenant_id(a.conn, args.name),
+            cdr_days=args.cdr_days,
+        )
     if args.cdr_days is None:
         print(f"tenant {args.name!r}: raw CDRs kept as the collector's [retention] cdr_days")
     else:
@@ -189,14 +229,22 @@ def cmd_tenant_retention(args: argparse.Namespace) -> int:
 
 def cmd_switch_set(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    with _connect(cfg) as conn:
+    with _audited(cfg) as a:
         plan = dialplan.set_switch_plan(
-            conn,
+            a.conn,
             args.tenant,
             args.name,
             country=args.country,
             international_prefix=args.international_prefix,
             national_prefix=args.national_prefix,
+        )
+        a.record(
+            "switch.plan",
+            args.name,
+            tenants.tenant_id(a.conn, args.tenant),
+            country=plan.country,
+            international_prefix=plan.international_prefix,
+            national_prefix=plan.national_prefix,
         )
     print(
         f"switch {args.name!r}: country {plan.country or '-'}, international prefix"
@@ -222,8 +270,9 @@ def cmd_switch_list(args: argparse.Namespace) -> int:
 def cmd_prefix_import(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     entries = dialplan.read_prefix_file(args.file)
-    with _connect(cfg) as conn:
-        n = dialplan.import_prefixes(conn, entries, replace=args.replace)
+    with _audited(cfg) as a:
+        n = dialplan.import_prefixes(a.conn, entries, replace=args.replace)
+        a.record("prefix.import", str(args.file), None, count=n, replace=args.replace)
     print(f"{n} dial prefixes imported{' (the table was replaced)' if args.replace else ''}")
     return 0
 
@@ -239,16 +288,18 @@ def cmd_prefix_list(args: argparse.Namespace) -> int:
 
 def cmd_prefix_delete(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    with _connect(cfg) as conn:
-        dialplan.delete_prefix(conn, args.prefix)
+    with _audited(cfg) as a:
+        dialplan.delete_prefix(a.conn, args.prefix)
+        a.record("prefix.delete", args.prefix)
     print(f"dial prefix {args.prefix} deleted")
     return 0
 
 
 def cmd_tenant_add(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    with _connect(cfg) as conn:
-        tid = tenants.add_tenant(conn, args.name, args.timezone)
+    with _audited(cfg) as a:
+        tid = tenants.add_tenant(a.conn, args.name, args.timezone)
+        a.record("tenant.create", args.name, tid, timezone=args.timezone)
     print(f"tenant {args.name!r} created (id {tid}, timezone {args.timezone})")
     return 0
 
@@ -256,8 +307,10 @@ def cmd_tenant_add(args: argparse.Namespace) -> int:
 def cmd_user_add(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     password = args.password or secrets.token_urlsafe(15)
-    with _connect(cfg) as conn:
-        users.add_user(conn, args.username, args.role, password, args.tenant)
+    with _audited(cfg) as a:
+        users.add_user(a.conn, args.username, args.role, password, args.tenant)
+        tid = tenants.tenant_id(a.conn, args.tenant) if args.tenant else None
+        a.record("user.create", args.username, tid, role=args.role, tenant=args.tenant)
     print(f"user {args.username!r} created with role {args.role}")
     if not args.password:
         print(f"password: {password}")
@@ -267,8 +320,9 @@ def cmd_user_add(args: argparse.Namespace) -> int:
 def cmd_user_passwd(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     password = args.password or secrets.token_urlsafe(15)
-    with _connect(cfg) as conn:
-        users.set_password(conn, args.username, password)
+    with _audited(cfg) as a:
+        users.set_password(a.conn, args.username, password)
+        a.record("user.password", args.username, _user_tenant(a.conn, args.username))
     print(f"password of {args.username!r} changed")
     if not args.password:
         print(f"password: {password}")
@@ -279,10 +333,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     if args.ttl <= 0:
         raise UsageError("--ttl must be a positive number of hours")
-    with _connect(cfg) as conn:
-        tid = tenants.tenant_id(conn, args.tenant)
-        sid = tenants.ensure_switch(conn, tid, args.switch)
-        token = enroll.create_token(conn, tid, sid, timedelta(hours=args.ttl))
+    with _audited(cfg) as a:
+        tid = tenants.tenant_id(a.conn, args.tenant)
+        sid = tenants.ensure_switch(a.conn, tid, args.switch)
+        token = enroll.create_token(a.conn, tid, sid, timedelta(hours=args.ttl))
+        a.record("agent_token.create", args.switch, tid, ttl_hours=args.ttl)
     url = (args.url or cfg.url).rstrip("/")
     print(
         f"enrollment token for switch {args.switch!r} of tenant {args.tenant!r}"
@@ -298,21 +353,31 @@ def cmd_api_token_create(args: argparse.Namespace) -> int:
     if args.ttl_days is not None and args.ttl_days <= 0:
         raise UsageError("--ttl-days must be a positive number of days")
     ttl = None if args.ttl_days is None else timedelta(days=args.ttl_days)
-    with _connect(cfg) as conn:
-        token = auth.create_token(conn, args.user, args.label, ttl)
+    with _audited(cfg) as a:
+        token = auth.create_token(a.conn, args.user, args.label, ttl)
+        a.record(
+            "api_token.create",
+            args.user,
+            _user_tenant(a.conn, args.user),
+            label=args.label,
+            ttl_days=args.ttl_days,
+        )
     lifetime = "no expiry" if ttl is None else f"valid {args.ttl_days:g} days"
     print(f"API token for user {args.user!r} ({lifetime}); it is shown only once:")
     print(token)
     return 0
 
 
-def _block_command(args: argparse.Namespace, verb: str) -> int:
-    import getpass
+def _user_tenant(conn: psycopg.Connection[Any], username: str) -> int | None:
+    row = conn.execute("SELECT tenant_id FROM app_user WHERE username = %s", (username,)).fetchone()
+    return None if row is None or row[0] is None else int(row[0])
 
+
+def _block_command(args: argparse.Namespace, verb: str) -> int:
     cfg = _settings(args)
     block_args: dict[str, Any] = {"ip": args.ip, "dry_run": args.dry_run}
     if verb == "block_ip":
-        block_args["ttl"] = args.ttl
+        block_args["ttl"] = cfg.default_block_ttl_s if args.ttl is None else args.ttl
 
     async def run() -> commands.CommandRow:
         async with await psycopg.AsyncConnection.connect(
@@ -325,8 +390,10 @@ def _block_command(args: argparse.Namespace, verb: str) -> int:
                 switch=args.switch,
                 verb=verb,
                 args=block_args,
-                issued_by=f"cli:{getpass.getuser()}",
+                issued_by=actor(),
                 own_addresses=lambda: commands.collector_addresses([cfg.url]),
+                command_ttl_s=cfg.command_ttl_s,
+                max_active_blocks=cfg.max_active_blocks,
             )
 
     row = asyncio.run(run())
@@ -384,8 +451,9 @@ def cmd_blocks(args: argparse.Namespace) -> int:
 
 def cmd_api_token_revoke(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    with _connect(cfg) as conn:
-        count = auth.revoke_tokens(conn, args.user)
+    with _audited(cfg) as a:
+        count = auth.revoke_tokens(a.conn, args.user)
+        a.record("api_token.revoke", args.user, _user_tenant(a.conn, args.user), count=count)
     print(
         f"{count} API token(s) of user {args.user!r} revoked (collectors forget them within 30 s)"
     )
@@ -394,19 +462,21 @@ def cmd_api_token_revoke(args: argparse.Namespace) -> int:
 
 def cmd_allowlist_add(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    with _connect(cfg) as conn:
-        tid = tenants.tenant_id(conn, args.tenant) if args.tenant else None
-        net = commands.allowlist_add(conn, args.network, tid, args.note)
+    with _audited(cfg) as a:
+        tid = tenants.tenant_id(a.conn, args.tenant) if args.tenant else None
+        net = commands.allowlist_add(a.conn, args.network, tid, args.note)
+        a.record("allowlist.add", net, tid, note=args.note)
     print(f"{net} can never be blocked ({'tenant ' + repr(args.tenant) if tid else 'any tenant'})")
     return 0
 
 
 def cmd_allowlist_delete(args: argparse.Namespace) -> int:
     cfg = _settings(args)
-    with _connect(cfg) as conn:
-        tid = tenants.tenant_id(conn, args.tenant) if args.tenant else None
-        if not commands.allowlist_delete(conn, args.network, tid):
+    with _audited(cfg) as a:
+        tid = tenants.tenant_id(a.conn, args.tenant) if args.tenant else None
+        if not commands.allowlist_delete(a.conn, args.network, tid):
             raise tenants.AdminError(f"{args.network} is not in the allowlist")
+        a.record("allowlist.delete", args.network, tid)
     print(f"{args.network} removed from the allowlist")
     return 0
 
@@ -419,9 +489,74 @@ def cmd_allowlist_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_import(args: argparse.Namespace) -> int:
-    import getpass
+def _notify(args: argparse.Namespace, action: str) -> int:
+    cfg = _settings(args)
 
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(
+            cfg.database_url, autocommit=True, connect_timeout=10
+        ) as conn:
+            tid = await _tenant_id(conn, args.tenant)
+            if action in ("add-email", "add-webhook"):
+                doc: dict[str, Any] = {"min_severity": args.min_severity, "name": args.name}
+                if action == "add-email":
+                    doc.update(kind="email", target=args.to)
+                else:
+                    doc.update(kind="webhook", target=args.url)
+                    if args.secret:
+                        doc["secret"] = args.secret
+                ch = await notify.add_channel(conn, tid, doc, by=actor())
+                print(f"channel {ch.id}: {ch.kind} {ch.target} (alerts from {ch.min_severity})")
+                if ch.kind == "webhook":
+                    print(f"secret (signs every request, shown only once): {ch.secret}")
+            elif action == "list":
+                for ch in await notify.list_channels(conn, tid):
+                    state = "enabled" if ch.enabled else "disabled"
+                    print(f"{ch.id}\t{ch.kind}\t{ch.target}\t{ch.min_severity}\t{state}\t{ch.name}")
+            elif action == "delete":
+                if not await notify.delete_channel(conn, tid, args.id, by=actor()):
+                    raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
+                print(f"channel {args.id} deleted")
+            else:
+                try:
+                    error = await notify.test_channel(conn, cfg, tid, args.id, by=actor())
+                except LookupError:
+                    raise tenants.AdminError(
+                        f"tenant {args.tenant!r} has no channel {args.id}"
+                    ) from None
+                if error is not None:
+                    print(f"channel {args.id}: test failed: {error}", file=sys.stderr)
+                    return 1
+                print(f"channel {args.id}: test notification accepted")
+            return 0
+
+    try:
+        return asyncio.run(run())
+    except notify.ChannelError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_notify_add_email(args: argparse.Namespace) -> int:
+    return _notify(args, "add-email")
+
+
+def cmd_notify_add_webhook(args: argparse.Namespace) -> int:
+    return _notify(args, "add-webhook")
+
+
+def cmd_notify_list(args: argparse.Namespace) -> int:
+    return _notify(args, "list")
+
+
+def cmd_notify_test(args: argparse.Namespace) -> int:
+    return _notify(args, "test")
+
+
+def cmd_notify_delete(args: argparse.Namespace) -> int:
+    return _notify(args, "delete")
+
+
+def cmd_import(args: argparse.Namespace) -> int:
     from . import store
 
     cfg = _settings(args)
@@ -452,7 +587,7 @@ def cmd_import(args: argparse.Namespace) -> int:
                 args.file,
                 args.profile,
                 timezone=args.timezone,
-                created_by=f"cli:{getpass.getuser()}",
+                created_by=actor(),
             )
 
     job = asyncio.run(run())
@@ -487,9 +622,10 @@ def cmd_import_profile_add(args: argparse.Namespace) -> int:
         options = csvimport.profile_from_toml(text, str(args.file))
     else:
         options = {"preset": args.preset}
-    with _connect(cfg) as conn:
-        tid = tenants.tenant_id(conn, args.tenant)
-        csvimport.save_profile(conn, tid, args.name, options)
+    with _audited(cfg) as a:
+        tid = tenants.tenant_id(a.conn, args.tenant)
+        csvimport.save_profile(a.conn, tid, args.name, options)
+        a.record("import_profile.save", args.name, tid, options=options)
     print(f"import profile {args.name!r} saved for tenant {args.tenant!r}")
     return 0
 
@@ -622,7 +758,10 @@ def build_parser() -> argparse.ArgumentParser:
     block.add_argument("ip")
     block.add_argument("--switch", required=True, help="switch name")
     block.add_argument("--tenant", required=True)
-    block.add_argument("--ttl", default="1h", help="how long: seconds, or 15m, 1h, 7d (default 1h)")
+    block.add_argument(
+        "--ttl",
+        help="how long: seconds, or 15m, 1h, 7d (default [commands] default_block_ttl_s, 1h)",
+    )
     block.add_argument(
         "--dry-run", action="store_true", help="the agent checks but changes nothing"
     )
@@ -648,6 +787,28 @@ def build_parser() -> argparse.ArgumentParser:
     adel.add_argument("network")
     adel.add_argument("--tenant")
     command(allow, "list", cmd_allowlist_list, "list the allowlist")
+
+    nfy = sub.add_parser("notify", help="alert notification channels").add_subparsers(
+        dest="notify_command", required=True, metavar="COMMAND"
+    )
+    nmail = command(nfy, "add-email", cmd_notify_add_email, "send a tenant's alerts by email")
+    nmail.add_argument("--to", required=True, help="address(es), comma-separated")
+    nhook = command(nfy, "add-webhook", cmd_notify_add_webhook, "POST alerts to a URL (signed)")
+    nhook.add_argument("--url", required=True, help="http:// or https:// URL")
+    nhook.add_argument("--secret", help="HMAC key, 16 to 200 characters (default: made, printed)")
+    for p in (nmail, nhook):
+        p.add_argument("--tenant", required=True)
+        p.add_argument(
+            "--min-severity", default="warning", choices=notify.SEVERITIES, help="default warning"
+        )
+        p.add_argument("--name", default="", help="a label")
+    nlist = command(nfy, "list", cmd_notify_list, "list a tenant's channels")
+    nlist.add_argument("--tenant", required=True)
+    ntest = command(nfy, "test", cmd_notify_test, "send a test notification through a channel")
+    ndel = command(nfy, "delete", cmd_notify_delete, "delete a channel")
+    for p in (ntest, ndel):
+        p.add_argument("id", type=int, help="channel id (see notify list)")
+        p.add_argument("--tenant", required=True)
 
     imp = command(sub, "import", cmd_import, "import a CSV file of CDRs (docs/csv-import.md)")
     imp.add_argument("file", type=Path)

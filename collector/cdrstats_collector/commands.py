@@ -53,10 +53,12 @@ log = logs.get_logger("cdrstats.collector.commands")
 
 NOTIFY_CHANNEL = "cdrstats_command"
 COMMAND_TTL_S = 300
-"""A command not delivered within this is refused by the agent (and not delivered)."""
+"""A command not delivered within this is refused by the agent (and not delivered); the
+collector uses `[commands] command_ttl_s` (settings.py)."""
 MAX_BLOCK_TTL_S = 30 * 86400
 MAX_ACTIVE_BLOCKS = 1000
-"""Active blocks per switch at most (the agent has its own `[actions] max_blocks`)."""
+"""Active blocks per switch at most (the agent has its own `[actions] max_blocks`); the
+collector uses `[commands] max_active_blocks` (settings.py)."""
 MAX_POLL_WAIT_S = 60.0
 MAX_DELIVERY = 50
 ADMIN_ROLES = ("superadmin", "tenant_admin")
@@ -684,7 +686,7 @@ async def _user_command(request: Request, verb: str) -> Response:
             raise HTTPException(422, "switch: the switch's name is required")
         args: dict[str, Any] = {"ip": doc.get("ip"), "dry_run": bool(doc.get("dry_run"))}
         if verb == "block_ip":
-            args["ttl"] = doc.get("ttl", "1h")
+            args["ttl"] = doc.get("ttl", state.settings.default_block_ttl_s)
         own = await _own_addresses(request)
         async with state.pool.connection() as conn:
             row = await create_command(
@@ -696,6 +698,8 @@ async def _user_command(request: Request, verb: str) -> Response:
                 issued_by=who.username,
                 user_id=who.user_id,
                 own_addresses=lambda: own,
+                command_ttl_s=state.settings.command_ttl_s,
+                max_active_blocks=state.settings.max_active_blocks,
             )
     except HTTPException as exc:
         return replies.error(
@@ -841,7 +845,10 @@ def openapi_paths() -> dict[str, Any]:
     ip = {"type": "string", "description": "an IPv4 or IPv6 address"}
     switch = {"type": "string", "description": "the switch's name"}
     dry = {"type": "boolean", "description": "check everything on the agent, change nothing"}
-    ttl = {"type": ["integer", "string"], "description": "seconds, or 15m, 1h, 7d (default 1h)"}
+    ttl = {
+        "type": ["integer", "string"],
+        "description": "seconds, or 15m, 1h, 7d (default [commands] default_block_ttl_s, 1h)",
+    }
     return {
         "/api/v1/blocks": {
             "post": {

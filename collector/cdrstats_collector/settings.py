@@ -19,6 +19,27 @@ The database URL comes from, in order: `--database-url`, the environment variabl
     [maintenance]
     batch_keep_days = 30      # ingest_batch rows (redelivery memory) kept this long
     months_ahead = 2          # cdr partitions created ahead of the current month
+    commands_keep_days = 90   # finished commands (and expired ip_block rows) kept this long
+    live_counts_keep_days = 90  # live_count_minute rows kept this long
+    imports_keep_days = 90    # finished CSV import jobs and their rejected rows
+    alerts_keep_days = 180    # resolved alerts (and their notification deliveries)
+
+    [commands]                # docs/actions.md
+    command_ttl_s = 300       # a command not delivered within this expires
+    max_active_blocks = 1000  # active and pending blocks per switch at most
+    default_block_ttl_s = 3600  # a block's duration when the request names none
+
+    [notify]                  # docs/notifications.md
+    smtp_host = ""            # "" : email channels cannot send (deliveries fail, retried)
+    smtp_port = 25
+    smtp_from = "cdrstats@localhost"
+    smtp_starttls = false
+    smtp_username = ""        # with smtp_password: AUTH after STARTTLS
+    smtp_password = ""
+    smtp_timeout_s = 10
+    webhook_timeout_s = 10
+    max_attempts = 5          # deliveries of one alert before it is marked failed
+    retry_s = 30              # first retry after this, doubled each time (at most 1 h)
 
     [live]
     stale_s = 90              # a source's live calls are forgotten after this long without
@@ -51,6 +72,7 @@ from cdrstats_agent.options import Options
 DEFAULT_CONFIG = Path("/etc/cdrstats/collector.toml")
 ENV_URL = "CDRSTATS_DATABASE_URL"
 ENV_CONFIG = "CDRSTATS_CONFIG"
+MAX_BLOCK_TTL_S = 30 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +93,23 @@ class Settings:
     cdr_retention_days: int = 0
     aggregate_retention_days: int = 0
     aggregates: bool = True
+    commands_keep_days: int = 90
+    live_counts_keep_days: int = 90
+    imports_keep_days: int = 90
+    alerts_keep_days: int = 180
+    command_ttl_s: int = 300
+    max_active_blocks: int = 1000
+    default_block_ttl_s: int = 3600
+    smtp_host: str = ""
+    smtp_port: int = 25
+    smtp_from: str = "cdrstats@localhost"
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_timeout_s: float = 10.0
+    webhook_timeout_s: float = 10.0
+    notify_max_attempts: int = 5
+    notify_retry_s: float = 30.0
 
     @property
     def url(self) -> str:
@@ -103,6 +142,8 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
     live = Options(top.table("live", {}), "live")
     keep = Options(top.table("retention", {}), "retention")
     ingest = Options(top.table("ingest", {}), "ingest")
+    cmds = Options(top.table("commands", {}), "commands")
+    notify = Options(top.table("notify", {}), "notify")
     top.finish()
     file_url = db.text("url", None)
     defaults = Settings(database_url="")
@@ -120,8 +161,39 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
         "cdr_retention_days": keep.integer("cdr_days", 0, minimum=0),
         "aggregate_retention_days": keep.integer("aggregate_days", 0, minimum=0),
         "aggregates": ingest.flag("aggregates", True),
+        "commands_keep_days": maint.integer(
+            "commands_keep_days", defaults.commands_keep_days, minimum=1
+        ),
+        "live_counts_keep_days": maint.integer(
+            "live_counts_keep_days", defaults.live_counts_keep_days, minimum=1
+        ),
+        "imports_keep_days": maint.integer(
+            "imports_keep_days", defaults.imports_keep_days, minimum=1
+        ),
+        "alerts_keep_days": maint.integer("alerts_keep_days", defaults.alerts_keep_days, minimum=1),
+        "command_ttl_s": cmds.integer("command_ttl_s", defaults.command_ttl_s, minimum=10),
+        "max_active_blocks": cmds.integer(
+            "max_active_blocks", defaults.max_active_blocks, minimum=1
+        ),
+        "default_block_ttl_s": cmds.integer(
+            "default_block_ttl_s", defaults.default_block_ttl_s, minimum=1
+        ),
+        "smtp_host": notify.text("smtp_host", defaults.smtp_host),
+        "smtp_port": notify.integer("smtp_port", defaults.smtp_port, minimum=1),
+        "smtp_from": notify.text("smtp_from", defaults.smtp_from),
+        "smtp_starttls": notify.flag("smtp_starttls", defaults.smtp_starttls),
+        "smtp_username": notify.text("smtp_username", defaults.smtp_username),
+        "smtp_password": notify.text("smtp_password", defaults.smtp_password),
+        "smtp_timeout_s": notify.number("smtp_timeout_s", defaults.smtp_timeout_s, minimum=0.1),
+        "webhook_timeout_s": notify.number(
+            "webhook_timeout_s", defaults.webhook_timeout_s, minimum=0.1
+        ),
+        "notify_max_attempts": notify.integer(
+            "max_attempts", defaults.notify_max_attempts, minimum=1
+        ),
+        "notify_retry_s": notify.number("retry_s", defaults.notify_retry_s, minimum=0.01),
     }
-    for opts in (db, server, maint, live, keep, ingest):
+    for opts in (db, server, maint, live, keep, ingest, cmds, notify):
         opts.finish()
     cdr_days, agg_days = values["cdr_retention_days"], values["aggregate_retention_days"]
     if agg_days and (cdr_days == 0 or agg_days < cdr_days):
@@ -129,6 +201,22 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
             "retention.aggregate_days",
             f"must be 0 or at least retention.cdr_days, got {agg_days} with cdr_days = {cdr_days}",
             hint="aggregates are kept at least as long as the raw CDRs they summarise",
+        )
+    if values["default_block_ttl_s"] > MAX_BLOCK_TTL_S:
+        raise ConfigError(
+            "commands.default_block_ttl_s",
+            f"must be at most {MAX_BLOCK_TTL_S} (30 days), got {values['default_block_ttl_s']}",
+        )
+    if values["smtp_port"] > 65535:
+        raise ConfigError("notify.smtp_port", f"must be at most 65535, got {values['smtp_port']}")
+    if "@" not in values["smtp_from"]:
+        raise ConfigError(
+            "notify.smtp_from", f"must be an email address, got {values['smtp_from']!r:.60}"
+        )
+    if bool(values["smtp_username"]) != bool(values["smtp_password"]):
+        raise ConfigError(
+            "notify.smtp_password" if values["smtp_username"] else "notify.smtp_username",
+            "is required with the other one (give both smtp_username and smtp_password, or none)",
         )
     if values["port"] > 65535:
         raise ConfigError("server.port", f"must be at most 65535, got {values['port']}")
