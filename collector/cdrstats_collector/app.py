@@ -21,10 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import commands, live, maintenance, metrics, replies, retention
+from . import commands, import_api, live, maintenance, metrics, replies, retention
 from .agents import AgentDirectory
 from .api import routes as read_api_routes
 from .enroll import enroll_endpoint, status_endpoint
+from .evaluator import Evaluator
 from .ingest import ingest_endpoint
 from .settings import Settings
 from .state import CollectorState, get_state
@@ -101,10 +102,13 @@ def create_app(settings: Settings) -> Starlette:
         state = CollectorState(settings, pool, ingestor, AgentDirectory(), metrics.Metrics())
         app.state.collector = state
         task = asyncio.create_task(_maintain(state), name="cdrstats-maintenance")
+        evaluator = Evaluator(settings.database_url, url=settings.url)  # rules (docs/rules.md)
+        evaluator.start()
         log.info("collector_started", url=settings.url)
         try:
             yield
         finally:
+            await evaluator.close()
             await console.broker.close()
             await commands.close(app)
             task.cancel()
@@ -126,6 +130,8 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *read_api_routes(),  # the read API: reports, CDR search, exports, OpenAPI
         *commands.routes(),  # remote actions: agents' long poll and results, block/unblock
+        *rules_api.routes(),  # rules, alerts, destination lists (docs/rules.md)
+        *import_api.routes(),  # CSV uploads: jobs, preview, rejected rows, profiles
         # The web console (cdrstats_web): pages, static assets, SSE; serves "/" and below.
         console.mount(),
     ]
