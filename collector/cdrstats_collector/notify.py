@@ -517,14 +517,16 @@ class Notifier:
         try:
             while True:
                 self.wake.clear()
+                idle = self._idle_s()
                 try:
                     while await self.deliver_due() == BATCH:
                         pass  # a full batch: there may be more
                 except (psycopg.Error, PoolTimeout) as exc:
                     text = str(exc).strip()
                     log.warning("notify_failed", reason=text.splitlines()[0] if text else repr(exc))
+                    idle = 60.0  # database down or schema not upgraded yet: do not spin
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), self._idle_s())
+                    await asyncio.wait_for(self.wake.wait(), idle)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
