@@ -21,11 +21,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import commands, import_api, live, maintenance, metrics, replies, retention
+from . import commands, live, maintenance, metrics, notify, replies, retention
 from .agents import AgentDirectory
 from .api import routes as read_api_routes
 from .enroll import enroll_endpoint, status_endpoint
-from .evaluator import Evaluator
 from .ingest import ingest_endpoint
 from .settings import Settings
 from .state import CollectorState, get_state
@@ -61,6 +60,7 @@ async def _maintain(state: CollectorState) -> None:
                     keep=retention.Policy(
                         settings.cdr_retention_days, settings.aggregate_retention_days
                     ),
+                    history=maintenance.Keep.from_settings(settings),
                 )
             done = report.retention_done
             log.info(
@@ -69,6 +69,7 @@ async def _maintain(state: CollectorState) -> None:
                 partitions_dropped=len(done.partitions_dropped),
                 cdr_rows_deleted=done.cdr_rows_deleted,
                 aggregate_rows_deleted=done.aggregate_rows_deleted,
+                **report.pruned.log_fields(),
             )
             delay = settings.maintenance_interval_s
         except (psycopg.Error, PoolTimeout) as exc:
@@ -102,18 +103,19 @@ def create_app(settings: Settings) -> Starlette:
         state = CollectorState(settings, pool, ingestor, AgentDirectory(), metrics.Metrics())
         app.state.collector = state
         task = asyncio.create_task(_maintain(state), name="cdrstats-maintenance")
-        evaluator = Evaluator(settings.database_url, url=settings.url)  # rules (docs/rules.md)
-        evaluator.start()
+        notifier = asyncio.create_task(  # alert emails and webhooks (docs/notifications.md)
+            notify.Notifier(settings, pool).run_forever(), name="cdrstats-notify"
+        )
         log.info("collector_started", url=settings.url)
         try:
             yield
         finally:
-            await evaluator.close()
             await console.broker.close()
             await commands.close(app)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            for background in (task, notifier):
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
             await pool.close()
 
     async def server_error(request: Request, exc: Exception) -> Response:
@@ -130,8 +132,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/metrics", metrics_endpoint, methods=["GET"]),
         *read_api_routes(),  # the read API: reports, CDR search, exports, OpenAPI
         *commands.routes(),  # remote actions: agents' long poll and results, block/unblock
-        *rules_api.routes(),  # rules, alerts, destination lists (docs/rules.md)
-        *import_api.routes(),  # CSV uploads: jobs, preview, rejected rows, profiles
+        *notify.routes(),  # alert notification channels (docs/notifications.md)
         # The web console (cdrstats_web): pages, static assets, SSE; serves "/" and below.
         console.mount(),
     ]
