@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import api, commands, import_api
+from . import api, commands, import_api, notify
 
 _ERROR = {
     "type": "object",
@@ -67,6 +67,7 @@ def document() -> dict[str, Any]:
     for ep in api.ENDPOINTS:
         paths[ep.path] = {"get": _operation(ep)}
     paths.update(commands.openapi_paths())  # block / unblock (docs/actions.md)
+    paths.update(notify.openapi_paths())  # notification channels (docs/notifications.md)
     paths.update(rules_api.openapi_paths())  # rules, alerts, lists (docs/rules.md)
     paths.update(import_api.openapi_paths())  # CSV imports (docs/csv-import.md)
     return {
