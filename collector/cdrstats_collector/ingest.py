@@ -108,6 +108,8 @@ async def _ingest(request: Request, state: CollectorState) -> tuple[str, Respons
             envelope.signer,
         )
 
+    if batch.spool_error is not None:
+        log.warning("batch_status_ignored", agent=envelope.signer, reason=batch.spool_error)
     digest = wire.body_digest(batch.body)
     ingestor = state.ingestor
     prepared: store.Prepared | None = None
@@ -129,7 +131,9 @@ async def _ingest(request: Request, state: CollectorState) -> tuple[str, Respons
                     return "invalid", _invalid(bad or "bad batch body", envelope.signer)
             else:
                 try:
-                    outcome = await ingestor.store(conn, agent.ref, batch.seq, digest, prepared)
+                    outcome = await ingestor.store(
+                        conn, agent.ref, batch.seq, digest, prepared, batch.spool
+                    )
                 except store.BadRows as exc:
                     return "invalid", _invalid(str(exc), envelope.signer)
     except (psycopg.OperationalError, PoolTimeout, store.StoreUnavailable) as exc:

@@ -210,7 +210,13 @@ def _row_json(row: dict[str, Any], tz: ZoneInfo, switches: Mapping[int, str]) ->
 
 
 async def switch_names(conn: psycopg.AsyncConnection[Any], tenant: int) -> dict[int, str]:
-    cur = await conn.execute("SELECT id, name FROM switch WHERE tenant_id = %s", (tenant,))
+    """The tenant's switches, and the switches another tenant's account codes are mapped
+    from (`cdrstats_visible_switches()`, migration 0010: needs `auth.tenant_connection`)."""
+    cur = await conn.execute(
+        "SELECT id, name FROM switch WHERE tenant_id = %s"
+        " UNION SELECT id, name FROM cdrstats_visible_switches()",
+        (tenant,),
+    )
     return {int(i): str(n) for i, n in await cur.fetchall()}
 
 

@@ -30,8 +30,8 @@ import operator
 import re
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -107,6 +107,15 @@ _FACTS_OF_ROW = operator.itemgetter(*(COPY_COLUMNS.index(c) for c in aggregates.
 _I_CALLEE = COPY_COLUMNS.index("callee")
 _I_CALLEE_E164 = COPY_COLUMNS.index("callee_e164")
 _I_DEST = COPY_COLUMNS.index("dest_country")
+_I_ACCOUNTCODE = COPY_COLUMNS.index("accountcode")
+_I_TENANT = COPY_COLUMNS.index("tenant_id")
+_FACTS_OF_ROW_T = operator.itemgetter(
+    _I_TENANT, *(COPY_COLUMNS.index(c) for c in aggregates.FACT_COLUMNS)
+)
+_MERGE_STAGING_T = (
+    f"INSERT INTO cdr ({_COLS}) SELECT {_COLS} FROM cdr_staging ON CONFLICT DO NOTHING"
+    f" RETURNING tenant_id, {aggregates.RETURNING_FACTS}"
+).encode()
 
 CONTEXT_TTL_S = 10.0
 """Numbering plans, tenant timezones and dial prefixes are re-read at most this often."""
@@ -126,14 +135,29 @@ _STATE = (
 # statement that waited for the agent row lock sees the row's new version but not rows other
 # transactions committed meanwhile (a joined ingest_batch row), so a racing resend of the
 # same batch would look like a replay. A new statement takes a new snapshot.
+_NOTIFY = b"SELECT pg_notify('" + NOTIFY_CHANNEL.encode() + b"', %s)"
 _LOCK_AGENT = (
     b"SELECT revoked_at IS NOT NULL, last_seq FROM agent WHERE id = %(agent)s FOR NO KEY UPDATE"
 )
-_BATCH = b"SELECT body_sha256, ack FROM ingest_batch WHERE agent_id = %(agent)s AND seq = %(seq)s"
+# ... and the account-code mappings' version in the same round trip (one row always).
+_BATCH = (
+    b"SELECT b.body_sha256, b.ack, v.n, v.top"
+    b" FROM (SELECT count(*), max(id) FROM accountcode_map) AS v(n, top)"
+    b" LEFT JOIN ingest_batch b ON b.agent_id = %(agent)s AND b.seq = %(seq)s"
+)
+_MAP_VERSION = b"SELECT count(*), max(id) FROM accountcode_map"
+_MAPS = (
+    b"SELECT m.accountcode, coalesce(m.switch_id, 0), m.tenant_id, t.timezone"
+    b" FROM accountcode_map m JOIN tenant t ON t.id = m.tenant_id"
+)
 _FINISH = (
     b"WITH b AS (INSERT INTO ingest_batch (agent_id, seq, body_sha256, ack)"
     b"           VALUES (%(agent)s, %(seq)s, %(digest)s, %(ack)s)),"
-    b"     a AS (UPDATE agent SET last_seq = %(seq)s, last_seen_at = now()"
+    b"     a AS (UPDATE agent SET last_seq = %(seq)s, last_seen_at = now(),"
+    b"           spool_batches = coalesce(%(sb)s::int4, spool_batches),"
+    b"           spool_cdrs = coalesce(%(sc)s::int8, spool_cdrs),"
+    b"           spool_lag_s = coalesce(%(sl)s::float8, spool_lag_s),"
+    b"           status_at = CASE WHEN %(sb)s::int4 IS NULL THEN status_at ELSE now() END"
     b"           WHERE id = %(agent)s)"
     b" SELECT CASE WHEN %(notify)s::text IS NULL THEN NULL"
     b"             ELSE pg_notify('" + NOTIFY_CHANNEL.encode() + b"', %(notify)s) END"
@@ -257,6 +281,51 @@ class _SwitchContext:
     days: aggregates.LocalDays
 
 
+@dataclass(slots=True)
+class _AccountCodes:
+    """The `accountcode_map` table as ingest uses it (reloaded when its version changes)."""
+
+    version: tuple[Any, ...] | None = None
+    expires: float = 0.0
+    rows: dict[int, dict[str, int]] = field(default_factory=dict)
+    """switch id (0: any switch) → accountcode → tenant id."""
+    days: dict[int, aggregates.LocalDays] = field(default_factory=dict)
+    """Local days of every tenant a mapping names."""
+    merged: dict[int, dict[str, int]] = field(default_factory=dict)
+    """switch id → what applies to it (its own mappings over the any-switch ones)."""
+
+    def codes(self, switch_id: int) -> dict[str, int]:
+        out = self.merged.get(switch_id)
+        if out is None:
+            out = {**self.rows.get(0, {}), **self.rows.get(switch_id, {})}
+            self.merged[switch_id] = out
+        return out
+
+
+@dataclass(slots=True)
+class _Loaded:
+    """What a load stored: rows inserted, per tenant, and the aggregates' input."""
+
+    accepted: int
+    per_tenant: dict[int, int]
+    grouped: list[tuple[int, aggregates.Grouped, str]]
+    """(tenant, grouped facts, tenant timezone), tenants in id order."""
+
+    def notify_payloads(self, ref: AgentRef) -> list[str]:
+        return [
+            json.dumps(
+                {
+                    "tenant_id": tenant,
+                    "switch_id": ref.switch_id,
+                    "agent_id": str(ref.id),
+                    "accepted": n,
+                }
+            )
+            for tenant, n in sorted(self.per_tenant.items())
+            if n
+        ]
+
+
 class Ingestor:
     """Stores batches; holds the per-process caches (known partitions, encoded addresses,
     numbering plans, tenant timezones, the destination classifier)."""
@@ -273,11 +342,42 @@ class Ingestor:
         self._switches: dict[int, _SwitchContext] = {}
         self.classifier = classify.Classifier()
         self._prefix_version: tuple[Any, ...] | None = None
+        self._codes = _AccountCodes()
 
     def forget(self) -> None:
-        """Drop the cached plans, timezones and prefixes (re-read at the next batch)."""
+        """Drop the cached plans, timezones, prefixes and account codes (re-read next batch)."""
         self._switches.clear()
         self._prefix_version = None
+        self._codes = _AccountCodes()
+
+    async def _account_codes(
+        self, conn: psycopg.AsyncConnection[Any], version: tuple[Any, ...] | None
+    ) -> _AccountCodes:
+        """The mappings, re-read when their version (count, max id) changed.
+
+        `version` comes from the batch-state query (no extra round trip); None: ask for it.
+        Mappings are only added and removed, never updated, so (count, max id) changes with
+        every change. Tenant timezones are re-read at least every `CONTEXT_TTL_S`.
+        """
+        if version is None:
+            cur = await conn.execute(_MAP_VERSION)
+            version = tuple(await cur.fetchone() or (0, None))
+        codes = self._codes
+        now = time.monotonic()
+        if version == codes.version and (version[0] == 0 or codes.expires > now):
+            return codes
+        codes = _AccountCodes(version, now + CONTEXT_TTL_S)
+        if version[0]:
+            cur = await conn.execute(_MAPS)
+            for code, switch_id, tenant, timezone in await cur.fetchall():
+                codes.rows.setdefault(int(switch_id), {})[code] = int(tenant)
+                old = self._codes.days.get(int(tenant))
+                if old is not None and old.timezone == timezone:
+                    codes.days[int(tenant)] = old
+                else:
+                    codes.days[int(tenant)] = aggregates.LocalDays(timezone)
+        self._codes = codes
+        return codes
 
     async def _context(self, conn: psycopg.AsyncConnection[Any], agent: AgentRef) -> _SwitchContext:
         now = time.monotonic()
@@ -375,6 +475,7 @@ class Ingestor:
         digest: bytes,
         rows: list[list[Any]],
         now_us: int | None = None,
+        spool: wire.SpoolStatus | None = None,
     ) -> Outcome:
         """Store one batch of checked rows (`wire.check_rows` output; consumed).
 
@@ -382,7 +483,7 @@ class Ingestor:
         `OperationalError` (transient: retry later).
         """
         prepared = self.prepare(agent, rows, wire.now_us() if now_us is None else now_us)
-        return await self.store(conn, agent, seq, digest, prepared)
+        return await self.store(conn, agent, seq, digest, prepared, spool)
 
     async def store(
         self,
@@ -391,49 +492,51 @@ class Ingestor:
         seq: int,
         digest: bytes,
         prepared: Prepared,
+        spool: wire.SpoolStatus | None = None,
     ) -> Outcome:
-        """The transaction for rows already prepared with `prepare`."""
+        """The transaction for rows already prepared with `prepare`.
+
+        `spool` (what the agent said about its spool with this batch) is stored on the
+        agent row with the batch record.
+        """
         await partitions.ensure(conn, prepared.months, self.partitions)
         async with conn.transaction():
             params = {"agent": agent.id, "seq": seq}
             cur = await conn.execute(_LOCK_AGENT, params)
             locked = await cur.fetchone()
+            version: tuple[Any, ...] | None = None
             if locked is not None:
                 cur = await conn.execute(_BATCH, params)
-                locked = (*locked, *((await cur.fetchone()) or (None, None)))
+                row = await cur.fetchone()
+                assert row is not None  # the version subquery always gives one row
+                locked = (*locked, row[0], row[1])
+                version = (row[2], row[3])
             decided = _decide(locked, seq, digest)
             if decided is not None:
                 return decided
-            ctx = await self._context(conn, agent)
-            self.classify_rows(prepared.rows, ctx.plan)
-            accepted, facts = await self._load(conn, prepared.rows)
-            grouped = aggregates.group(facts, ctx.days) if accepted and self.aggregates else None
+            loaded = await self._load_and_group(conn, agent, prepared.rows, version)
+            accepted = loaded.accepted
             ack = wire.Ack(seq=seq, accepted=accepted, duplicates=len(prepared.rows) - accepted)
-            notify = None
-            if accepted:
-                notify = json.dumps(
-                    {
-                        "tenant_id": agent.tenant_id,
-                        "switch_id": agent.switch_id,
-                        "agent_id": str(agent.id),
-                        "accepted": accepted,
-                    }
-                )
+            notifies = loaded.notify_payloads(agent)
             finish = {
                 "agent": agent.id,
                 "seq": seq,
                 "digest": digest,
                 "ack": Jsonb(ack.to_json()),
-                "notify": notify,
+                "notify": notifies[0] if len(notifies) == 1 else None,
+                "sb": None if spool is None else spool.batches,
+                "sc": None if spool is None else spool.cdrs,
+                "sl": None if spool is None else spool.lag_s,
             }
             try:
                 # aggregates and the batch record in one round trip
                 async with conn.pipeline():
-                    if grouped:
-                        await aggregates.apply(
-                            conn, grouped, agent.tenant_id, agent.switch_id, ctx.days.timezone
-                        )
+                    for tenant, grouped, timezone in loaded.grouped:
+                        await aggregates.apply(conn, grouped, tenant, agent.switch_id, timezone)
                     await conn.execute(_FINISH, finish)
+                    if len(notifies) > 1:  # account codes mapped to other tenants
+                        for payload in notifies:
+                            await conn.execute(_NOTIFY, (payload,))
             except pgerrors.DeadlockDetected as exc:
                 raise StoreUnavailable("aggregate update deadlocked; retry") from exc
         return Stored(ack)
@@ -447,54 +550,77 @@ class Ingestor:
     ) -> int:
         """The ingest transaction without the agent batch protocol (CSV imports, csvimport.py).
 
-        Same partitions, classification, dedup load, aggregates and `NOTIFY cdr_ingest` as
-        `store`, but no agent row is locked and no `ingest_batch` is recorded: `ref.id` is
-        only written to `cdr.agent_id`. `finish(accepted)` runs inside the transaction (the
-        caller's own bookkeeping, committed with the rows). Returns the rows inserted.
+        Same partitions, account-code mapping, classification, dedup load, aggregates and
+        `NOTIFY cdr_ingest` as `store`, but no agent row is locked and no `ingest_batch` is
+        recorded: `ref.id` is only written to `cdr.agent_id`. `finish(accepted)` runs inside
+        the transaction (the caller's own bookkeeping, committed with the rows). Returns the
+        rows inserted.
         """
         await partitions.ensure(conn, prepared.months, self.partitions)
         async with conn.transaction():
-            ctx = await self._context(conn, ref)
-            self.classify_rows(prepared.rows, ctx.plan)
-            accepted, facts = await self._load(conn, prepared.rows)
-            if accepted:
-                grouped = aggregates.group(facts, ctx.days) if self.aggregates else None
-                notify = json.dumps(
-                    {
-                        "tenant_id": ref.tenant_id,
-                        "switch_id": ref.switch_id,
-                        "agent_id": str(ref.id),
-                        "accepted": accepted,
-                    }
-                )
+            loaded = await self._load_and_group(conn, ref, prepared.rows, None)
+            if loaded.accepted:
                 try:
                     async with conn.pipeline():
-                        if grouped is not None:
-                            await aggregates.apply(
-                                conn, grouped, ref.tenant_id, ref.switch_id, ctx.days.timezone
-                            )
-                        await conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, notify))
+                        for tenant, grouped, timezone in loaded.grouped:
+                            await aggregates.apply(conn, grouped, tenant, ref.switch_id, timezone)
+                        for payload in loaded.notify_payloads(ref):
+                            await conn.execute(_NOTIFY, (payload,))
                 except pgerrors.DeadlockDetected as exc:
                     raise StoreUnavailable("aggregate update deadlocked; retry") from exc
             if finish is not None:
-                await finish(accepted)
-        return accepted
+                await finish(loaded.accepted)
+        return loaded.accepted
+
+    async def _load_and_group(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        ref: AgentRef,
+        rows: list[list[Any]],
+        version: tuple[Any, ...] | None,
+    ) -> _Loaded:
+        """Map account codes to tenants, classify, load, and group what was inserted."""
+        ctx = await self._context(conn, ref)
+        codes = await self._account_codes(conn, version)
+        mapped = assign_tenants(rows, codes.codes(ref.switch_id), ref.tenant_id)
+        self.classify_rows(rows, ctx.plan)
+        if not mapped:
+            accepted, facts = await self._load(conn, rows)
+            grouped = []
+            if accepted and self.aggregates:
+                grouped = [(ref.tenant_id, aggregates.group(facts, ctx.days), ctx.days.timezone)]
+            return _Loaded(accepted, {ref.tenant_id: accepted}, grouped)
+        accepted, tenant_facts = await self._load(conn, rows, with_tenant=True)
+        per_tenant: dict[int, list[aggregates.Fact]] = {}
+        for fact in tenant_facts:
+            per_tenant.setdefault(fact[0], []).append(fact[1:])
+        grouped = []
+        if self.aggregates:
+            for tenant in sorted(per_tenant):
+                days = ctx.days if tenant == ref.tenant_id else codes.days[tenant]
+                grouped.append((tenant, aggregates.group(per_tenant[tenant], days), days.timezone))
+        return _Loaded(accepted, {t: len(f) for t, f in per_tenant.items()}, grouped)
 
     async def _load(
-        self, conn: psycopg.AsyncConnection[Any], rows: Sequence[list[Any]]
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        rows: Sequence[list[Any]],
+        *,
+        with_tenant: bool = False,
     ) -> tuple[int, Iterable[aggregates.Fact]]:
-        """COPY the rows; returns how many were new and what aggregates need of them."""
+        """COPY the rows; returns how many were new and what aggregates need of them
+        (preceded by the row's tenant id when `with_tenant`)."""
         if not rows:
             return 0, ()
         try:
             async with conn.transaction():
                 await self._copy(conn, _COPY_CDR, rows)
-            return len(rows), map(_FACTS_OF_ROW, rows)
+            return len(rows), map(_FACTS_OF_ROW_T if with_tenant else _FACTS_OF_ROW, rows)
         except pgerrors.UniqueViolation:
             pass  # some rows are already stored: dedup through the staging table
         await conn.execute(_CREATE_STAGING)
         await self._copy(conn, _COPY_STAGING, rows)
-        cur = await conn.execute(_MERGE_STAGING)
+        cur = await conn.execute(_MERGE_STAGING_T if with_tenant else _MERGE_STAGING)
         facts: list[aggregates.Fact] = await cur.fetchall()
         return len(facts), facts
 
@@ -535,6 +661,21 @@ class Ingestor:
         async with conn.transaction():
             cur = await conn.execute(_STATE, {"agent": agent_id, "seq": seq})
             return _decide(await cur.fetchone(), seq, digest)
+
+
+def assign_tenants(rows: Sequence[list[Any]], codes: Mapping[str, int], own: int) -> bool:
+    """Give each prepared row the tenant its accountcode is mapped to (`codes`), the switch's
+    tenant `own` otherwise (in place). True when some row went to another tenant."""
+    if not codes:
+        return False
+    mapped = False
+    get = codes.get
+    for row in rows:
+        tenant = get(row[_I_ACCOUNTCODE], own)
+        row[_I_TENANT] = tenant
+        if tenant != own:
+            mapped = True
+    return mapped
 
 
 def _decide(row: Any, seq: int, digest: bytes) -> Outcome | None:
