@@ -21,10 +21,21 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import commands, live, maintenance, metrics, notify, replies, retention
+from . import (
+    commands,
+    import_api,
+    live,
+    maintenance,
+    metrics,
+    notify,
+    replies,
+    retention,
+    rules_api,
+)
 from .agents import AgentDirectory
 from .api import routes as read_api_routes
 from .enroll import enroll_endpoint, status_endpoint
+from .evaluator import Evaluator
 from .ingest import ingest_endpoint
 from .settings import Settings
 from .state import CollectorState, get_state
@@ -106,10 +117,13 @@ def create_app(settings: Settings) -> Starlette:
         notifier = asyncio.create_task(  # alert emails and webhooks (docs/notifications.md)
             notify.Notifier(settings, pool).run_forever(), name="cdrstats-notify"
         )
+        evaluator = Evaluator(settings.database_url, url=settings.url)  # rules (docs/rules.md)
+        evaluator.start()
         log.info("collector_started", url=settings.url)
         try:
             yield
         finally:
+            await evaluator.close()
             await console.broker.close()
             await commands.close(app)
             for background in (task, notifier):
@@ -133,6 +147,8 @@ def create_app(settings: Settings) -> Starlette:
         *read_api_routes(),  # the read API: reports, CDR search, exports, OpenAPI
         *commands.routes(),  # remote actions: agents' long poll and results, block/unblock
         *notify.routes(),  # alert notification channels (docs/notifications.md)
+        *rules_api.routes(),  # rules, alerts, destination lists (docs/rules.md)
+        *import_api.routes(),  # CSV uploads: jobs, preview, rejected rows, profiles
         # The web console (cdrstats_web): pages, static assets, SSE; serves "/" and below.
         console.mount(),
     ]

@@ -12,7 +12,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import api, commands, import_api, notify
+from . import api, commands, import_api, notify, rules_api
 
 _ERROR = {
     "type": "object",
