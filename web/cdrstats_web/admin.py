@@ -1,9 +1,11 @@
-"""Admin: tenants and users.
+"""Admin: tenants, users and account codes mapped to tenants.
 
-A superadmin sees and creates tenants and users of any role; a tenant admin sees the users
-of its own tenant and creates tenant users there; a tenant viewer may not open the page.
-Creation goes through `cdrstats_collector.tenants.add_tenant` and `users.add_user`, the
-functions behind `cdrstats tenant add` and `cdrstats user add`.
+A superadmin sees and creates tenants and users of any role, and maps account codes to
+tenants (one switch shared by several customers: docs/console.md); a tenant admin sees the
+users of its own tenant and creates tenant users there, and sees the account codes mapped to
+its tenant; a tenant viewer may not open the page. Changes go through
+`cdrstats_collector.tenants` and `users` (the functions behind `cdrstats tenant add` and
+`cdrstats user add`), each with its audit entry in the same transaction.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ FROM app_user u LEFT JOIN tenant t ON t.id = u.tenant_id
 WHERE %(t)s::bigint IS NULL OR u.tenant_id = %(t)s
 ORDER BY t.name NULLS FIRST, u.username
 """
+_SWITCHES = """
+SELECT s.id, t.name || ' / ' || s.name FROM switch s JOIN tenant t ON t.id = s.tenant_id
+ORDER BY t.name, s.name
+"""
 
 
 async def _admin(request: Request) -> auth.Principal:
@@ -49,6 +55,11 @@ async def _render(
     scope = None if who.is_superadmin else who.tenant_id
     async with get_state(request).pool.connection() as conn:
         rows = await (await conn.execute(_USERS, {"t": scope})).fetchall()
+        switches = await (await conn.execute(_SWITCHES)).fetchall() if scope is None else []
+    codes = await asyncio.to_thread(_accountcodes, console.settings.database_url)
+    if scope is not None:
+        own = {t["name"] for t in tenants_}
+        codes = [c for c in codes if c["tenant"] in own]
     context = {
         "who": who,
         "tenants": tenants_,
@@ -59,6 +70,8 @@ async def _render(
         ],
         "roles": users.ROLES if who.is_superadmin else users.ROLES[1:],
         "audit": await audit.recent(get_state(request).pool, scope),
+        "accountcodes": codes,
+        "all_switches": [{"id": r[0], "name": r[1]} for r in switches],
         "active": "admin",
         **(extra or {}),
     }
@@ -68,6 +81,11 @@ async def _render(
 @page
 async def view(console: Console, request: Request) -> Response:
     return await _render(console, request, await _admin(request))
+
+
+def _accountcodes(database_url: str) -> list[dict[str, Any]]:
+    with psycopg.connect(database_url, connect_timeout=5) as conn:
+        return tenants.accountcodes(conn)
 
 
 def _sync(
@@ -86,6 +104,10 @@ def _sync(
         tenant_id = tenants.tenant_id(conn, tenant_name) if tenant_name else None
         if action == "tenant.create":
             tenant_id = int(result)
+        elif action == "accountcode.unmap":
+            tenant_id = int(result["tenant_id"])
+            detail = {**detail, "accountcode": result["accountcode"], "tenant": result["tenant"]}
+            detail["switch_id"] = result["switch_id"]
         audit.record_sync(conn, who, action, tenant_id, target, detail)
         return result
 
@@ -147,3 +169,63 @@ async def add_user(console: Console, request: Request) -> Response:
     except tenants.AdminError as exc:
         return await _render(console, request, who, {"error": str(exc)}, 422)
     return await _render(console, request, who, {"message": f"user {username!r} created"}, 201)
+
+
+def _superadmin(who: auth.Principal) -> None:
+    if not who.is_superadmin:
+        raise HTTPException(403, "only a superadmin may map account codes to tenants")
+
+
+@page
+async def add_accountcode(console: Console, request: Request) -> Response:
+    form = await security.checked_form(request)
+    who = await _admin(request)
+    _superadmin(who)
+    code = str(form.get("accountcode") or "").strip()
+    tenant_name = str(form.get("tenant") or "").strip()
+    switch_text = str(form.get("switch_id") or "").strip()
+    if switch_text and not switch_text.isdigit():
+        return await _render(console, request, who, {"error": "switch: not a switch id"}, 422)
+    switch_id = int(switch_text) if switch_text else None
+    try:
+        await asyncio.to_thread(
+            _sync,
+            console.settings.database_url,
+            who,
+            "accountcode.map",
+            code,
+            {"tenant": tenant_name, "switch_id": switch_id},
+            tenants.add_accountcode,
+            code,
+            tenant_name,
+            switch_id,
+        )
+    except tenants.AdminError as exc:
+        return await _render(console, request, who, {"error": str(exc)}, 422)
+    message = f"account code {code!r} mapped to tenant {tenant_name!r}"
+    return await _render(console, request, who, {"message": message}, 201)
+
+
+@page
+async def remove_accountcode(console: Console, request: Request) -> Response:
+    form = await security.checked_form(request)
+    who = await _admin(request)
+    _superadmin(who)
+    text = str(form.get("mapping_id") or "").strip()
+    if not text.isdigit():
+        return await _render(console, request, who, {"error": "mapping_id: not a mapping"}, 422)
+    try:
+        removed = await asyncio.to_thread(
+            _sync,
+            console.settings.database_url,
+            who,
+            "accountcode.unmap",
+            text,
+            {},
+            tenants.remove_accountcode,
+            int(text),
+        )
+    except tenants.AdminError as exc:
+        return await _render(console, request, who, {"error": str(exc)}, 404)
+    message = f"account code {removed['accountcode']!r} no longer mapped to {removed['tenant']!r}"
+    return await _render(console, request, who, {"message": message})

@@ -93,6 +93,8 @@ class Console:
             r("/admin", admin.view),
             r("/admin/tenants", admin.add_tenant, ["POST"]),
             r("/admin/users", admin.add_user, ["POST"]),
+            r("/admin/accountcodes", admin.add_accountcode, ["POST"]),
+            r("/admin/accountcodes/remove", admin.remove_accountcode, ["POST"]),
         ]
         return Mount("", routes=routes)
 

@@ -1,5 +1,8 @@
 """Switches & agents: enrolled agents with their status, enrollment tokens, revocation.
 
+The spool figures (batches and CDRs waiting, delivery lag) are what the agent sent with its
+last stored batch (docs/protocol.md, payload `spool`); an agent that never sent them shows a dash.
+
 Tokens are made by `cdrstats_collector.enroll.create_token`, the same function as
 `cdrstats agent-token create`, and the page shows the same command to run on the switch.
 Creating tokens and revoking agents needs a tenant admin (or a superadmin).
@@ -28,7 +31,7 @@ MAX_TTL_HOURS = 24 * 30
 
 _AGENTS = """
 SELECT a.id, s.name, a.hostname, a.version, a.enrolled_at, a.revoked_at, a.last_seen_at,
-       a.last_seq, a.switch_id
+       a.last_seq, a.switch_id, a.spool_batches, a.spool_cdrs, a.spool_lag_s, a.status_at
 FROM agent a JOIN switch s ON s.id = a.switch_id
 WHERE a.tenant_id = %s ORDER BY a.revoked_at IS NOT NULL, s.name, a.enrolled_at
 """
@@ -44,6 +47,19 @@ def _status(revoked: datetime | None, seen: datetime | None, now: datetime) -> s
     if seen is None:
         return "never seen"
     return "online" if now - seen <= ONLINE_WITHIN else "offline"
+
+
+def _duration(seconds: float) -> str:
+    """A lag as people read it: 0.4 s, 12 s, 5 min 3 s, 2 h 10 min, 3 d 4 h."""
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    whole = int(seconds)
+    for unit, size, sub, sub_size in (("d", 86_400, "h", 3600), ("h", 3600, "min", 60)):
+        if whole >= size:
+            return f"{whole // size} {unit} {whole % size // sub_size} {sub}"
+    if whole >= 60:
+        return f"{whole // 60} min {whole % 60} s"
+    return f"{whole} s"
 
 
 async def _agents(request: Request, tenant_id: int) -> list[dict[str, Any]]:
@@ -65,6 +81,10 @@ async def _agents(request: Request, tenant_id: int) -> list[dict[str, Any]]:
             "last_seq": r[7],
             "live_calls": counts.get(int(r[8])),
             "status": _status(r[5], r[6], now),
+            "spool_batches": r[9],
+            "spool_cdrs": r[10],
+            "lag": None if r[11] is None else _duration(float(r[11])),
+            "status_at": r[12],
         }
         for r in rows
     ]
