@@ -131,6 +131,8 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(base: str, seeded: See
         f"/t/{acme}/switches/revoke": {"agent_id": "00000000-0000-4000-8000-000000000000"},
         "/admin/tenants": {"name": "evil", "timezone": "UTC"},
         "/admin/users": {"username": "evil", "role": "superadmin", "password": "x" * 12},
+        "/admin/accountcodes": {"accountcode": "EVIL", "tenant": "acme"},
+        "/admin/accountcodes/remove": {"mapping_id": "1"},
         "/account/tokens": {"label": "evil"},
         "/account/tokens/revoke": {"token_id": "0" * 64},
     }
