@@ -189,3 +189,186 @@ def test_block_buttons_only_for_admins(server: CollectorServer, seeded: Seeded) 
             assert ('id="block-dialog"' in page) is shown, (user, path)
             assert "/static/blocks.js" in page
         assert f'href="/t/{acme}/blocks"' in page
+
+
+# --- rules and alerts --------------------------------------------------------------------------
+
+
+def open_alert(
+    database_url: str, tenant_id: int, title: str, detail: dict[str, Any]
+) -> tuple[int, int]:
+    """A rule and one open alert of it, made through rules.py and alerts.py: (rule, alert)."""
+    import asyncio
+    import secrets
+    from datetime import UTC, datetime
+
+    from cdrstats_collector import alerts, rules
+
+    async def run() -> tuple[int, int]:
+        async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            rule = await rules.create_rule(
+                conn,
+                tenant_id,
+                {
+                    "name": "scanner " + secrets.token_hex(3),
+                    "kind": "scanner",
+                    "window_s": 300,
+                    "params": {"count": 20},
+                },
+                "test",
+            )
+            async with conn.transaction():
+                alert = await alerts.open_episode(
+                    conn, tenant_id, rule, detail.get("source_ip", "k"), title, detail,
+                    datetime.now(UTC),
+                )  # fmt: skip
+                await alerts.notify(conn, alert)
+            return int(rule["id"]), int(alert["id"])
+
+    # In a thread of its own: Playwright's sync API keeps an event loop in the caller's.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, run()).result()
+
+
+RULE_FORM = {
+    "name": "low ASR",
+    "kind": "asr",
+    "window_s": "3600",
+    "params.op": "below",
+    "params.threshold": "40",
+    "params.min_calls": "20",
+    "params.count": "99",  # another kind's field: not sent to parse_rule
+    "scope.switch": "pbx-1",
+    "severity": "critical",
+    "action": "notify",
+    "block_ttl_s": "3600",
+    "snooze_s": "3600",
+    "enabled": "1",
+}
+
+
+def test_rules_editor(
+    server: CollectorServer, seeded: Seeded, mine: tuple[Fresh, EnrolledAgent]
+) -> None:
+    fresh, _agent = mine
+    t = fresh.id
+    c = login(server.url, fresh.admin)
+    assert "No rule yet." in c.get(f"/t/{t}/rules").text
+    r = post(c, f"/t/{t}/rules", **{**RULE_FORM, "params.threshold": ""})
+    assert r.status_code == 422
+    assert "params.threshold: required for kind asr" in r.text
+    assert 'value="low ASR"' in r.text  # what was typed is kept
+    r = post(c, f"/t/{t}/rules", **{**RULE_FORM, "params.threshold": "140"})
+    assert r.status_code == 422 and "ASR and NER are percentages" in r.text
+    r = post(c, f"/t/{t}/rules", **RULE_FORM)
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/t/{t}/rules?saved=")
+    page = c.get(r.headers["location"]).text
+    assert "rule low ASR created" in page
+    rid = int(re.findall(r'data-rule-id="(\d+)"', page)[0])
+    row = re.search(rf'<tr data-rule-id="{rid}">.*?</tr>', page, re.S)
+    assert row and "threshold 40" in row[0] and "switch pbx-1" in row[0] and "enabled" in row[0]
+    assert "count" not in row[0]
+    # Edit: the form is filled with the rule; a taken name is refused.
+    edit = c.get(f"/t/{t}/rules?edit={rid}").text
+    assert f'action="/t/{t}/rules/{rid}"' in edit and 'value="40' in edit
+    r = post(c, f"/t/{t}/rules/{rid}", **{**RULE_FORM, "params.threshold": "35"})
+    assert r.status_code == 303
+    r = post(c, f"/t/{t}/rules", **{**RULE_FORM})
+    assert r.status_code == 422 and "a rule named &#39;low ASR&#39; already exists" in r.text
+    r = post(c, f"/t/{t}/rules/{rid}/enabled", enabled="0")
+    assert r.status_code == 303
+    page = c.get(f"/t/{t}/rules").text
+    row = re.search(rf'<tr data-rule-id="{rid}">.*?</tr>', page, re.S)
+    assert row and "threshold 35" in row[0] and ">disabled<" in row[0]
+    # Viewers read, without the editor, and may not act; CSRF; other tenants get 404.
+    viewer = login(server.url, fresh.viewer)
+    assert 'id="rule-form"' not in viewer.get(f"/t/{t}/rules").text
+    for path in (f"/t/{t}/rules", f"/t/{t}/rules/{rid}", f"/t/{t}/rules/{rid}/delete"):
+        assert post(viewer, path, **RULE_FORM).status_code == 403, path
+        assert c.post(path, data=RULE_FORM).status_code == 403, path  # no CSRF token
+    alice = login(server.url, "alice")
+    acme = seeded.tenant_ids["acme"]
+    for path in (f"/t/{acme}/rules/{rid}", f"/t/{acme}/rules/{rid}/enabled"):
+        assert post(alice, path, **RULE_FORM).status_code == 404, path
+    assert post(alice, f"/t/{acme}/rules/{rid}/delete").status_code == 404
+    assert alice.get(f"/t/{acme}/rules?edit={rid}").status_code == 404
+    assert alice.get(f"/t/{t}/rules").status_code == 404
+    r = post(c, f"/t/{t}/rules/{rid}/delete")
+    assert r.status_code == 303
+    assert "No rule yet." in c.get(f"/t/{t}/rules").text
+    assert post(c, f"/t/{t}/rules/{rid}/delete").status_code == 404
+    with psycopg.connect(server.database_url) as conn:
+        actions = conn.execute(
+            "SELECT action FROM audit_log WHERE tenant_id = %s AND action LIKE 'rule.%%'"
+            " ORDER BY id",
+            (t,),
+        ).fetchall()
+    assert [a[0] for a in actions] == [
+        "rule.created",
+        "rule.updated",
+        "rule.updated",
+        "rule.deleted",
+    ]
+
+
+def test_alerts_acknowledge_snooze_resolve(
+    server: CollectorServer, seeded: Seeded, mine: tuple[Fresh, EnrolledAgent]
+) -> None:
+    fresh, _agent = mine
+    t = fresh.id
+    _rule, aid = open_alert(
+        server.database_url,
+        t,
+        "scanner 203.0.113.66",
+        {"source_ip": "203.0.113.66", "switch": "pbx-1", "failed": 25},
+    )
+    c = login(server.url, fresh.admin)
+    assert c.get(f"/t/{t}/alerts/count").json() == {"open": 1, "active": 1}
+    page = c.get(f"/t/{t}/alerts").text
+    row = re.search(rf'<tr data-alert-id="{aid}" data-state="open">.*?</tr>', page, re.S)
+    assert row and "scanner 203.0.113.66" in row[0]
+    assert 'data-block-ip="203.0.113.66" data-block-switch="pbx-1"' in row[0]
+    assert 'id="block-dialog"' in page
+    r = post(c, f"/t/{t}/alerts/{aid}/acknowledge", state="all")
+    assert r.status_code == 303 and r.headers["location"].startswith(f"/t/{t}/alerts?state=all")
+    assert f'data-alert-id="{aid}" data-state="acknowledged"' in c.get(r.headers["location"]).text
+    assert c.get(f"/t/{t}/alerts/count").json() == {"open": 0, "active": 1}
+    r = post(c, f"/t/{t}/alerts/{aid}/snooze", seconds="nope")
+    assert r.status_code == 422 and "seconds: must be a whole number" in r.text
+    r = post(c, f"/t/{t}/alerts/{aid}/snooze", seconds="900")
+    assert r.status_code == 303
+    page = c.get(f"/t/{t}/alerts?state=snoozed").text
+    assert f'data-alert-id="{aid}" data-state="snoozed"' in page and "until " in page
+    r = post(c, f"/t/{t}/alerts/{aid}/resolve")
+    assert r.status_code == 303
+    assert "No alert in this state." in c.get(f"/t/{t}/alerts").text
+    assert f'data-alert-id="{aid}" data-state="resolved"' in c.get(f"/t/{t}/alerts?state=all").text
+    r = post(c, f"/t/{t}/alerts/{aid}/resolve")
+    assert r.status_code == 422 and "cannot be resolved" in r.text
+    # Viewers read but may not act; no CSRF token: 403; another tenant: 404.
+    viewer = login(server.url, fresh.viewer)
+    page = viewer.get(f"/t/{t}/alerts?state=all").text
+    assert f'data-alert-id="{aid}"' in page and "data-block-ip" not in page
+    assert post(viewer, f"/t/{t}/alerts/{aid}/acknowledge").status_code == 403
+    assert c.post(f"/t/{t}/alerts/{aid}/acknowledge", data={}).status_code == 403
+    acme = seeded.tenant_ids["acme"]
+    alice = login(server.url, "alice")
+    for verb in ("acknowledge", "snooze", "resolve"):
+        r = post(alice, f"/t/{acme}/alerts/{aid}/{verb}", seconds="900")
+        assert r.status_code == 404, verb
+    assert alice.get(f"/t/{t}/alerts").status_code == 404
+    assert alice.get(f"/t/{t}/alerts/count").status_code == 404
+    with psycopg.connect(server.database_url) as conn:
+        actions = conn.execute(
+            "SELECT action, username FROM audit_log WHERE target = %s AND action LIKE 'alert.%%'"
+            " AND tenant_id = %s ORDER BY id",
+            (str(aid), t),
+        ).fetchall()
+    assert actions == [
+        ("alert.opened", actions[0][1]),
+        ("alert.acknowledged", fresh.admin),
+        ("alert.snoozed", fresh.admin),
+        ("alert.resolved", fresh.admin),
+    ]

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from cdrstats_agent.plugin import LiveEvent
-from test_web_loop import report
+from test_web_loop import open_alert, report
 from web_testkit import (
     PASSWORD,
     SCREENSHOTS,
@@ -159,5 +159,69 @@ def test_block_from_cdr_detail_and_live_calls(
         page.get_by_role("button", name="Unblock 203.0.113.77 on pbx-paris").click()
         page.wait_for_url(f"**/t/{mine.id}/blocks?queued=*")
         assert "Unblock of 203.0.113.77" in page.inner_text("#queued-notice")
+    finally:
+        page.context.close()
+
+
+def test_alerts_arrive_live_and_are_acknowledged_rules_editor(
+    browser: Any, console: tuple[CollectorServer, Seeded]
+) -> None:
+    server, _seeded = console
+    mine = fresh_tenant(server.database_url)
+    server.enroll(mine.name, "pbx-paris")
+    page = _page(browser, server.url)
+    try:
+        _login(page, mine.admin)
+        page.goto(f"/t/{mine.id}/alerts")
+        page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
+        assert "No alert in this state." in page.inner_text("#alerts")
+        assert page.locator("#alert-badge").is_hidden()
+        page.evaluate("window.__sameDocument = 'yes'")
+        _rule, aid = open_alert(
+            server.database_url,
+            mine.id,
+            "scanner: 31 failed calls from 203.0.113.66",
+            {"source_ip": "203.0.113.66", "switch": "pbx-paris", "failed": 31},
+        )
+        row = page.locator(f"#alerts tbody tr[data-alert-id='{aid}']")
+        row.wait_for()
+        assert page.evaluate("window.__sameDocument") == "yes"  # no reload
+        assert "New alert: scanner" in page.inner_text("#alert-announce")
+        page.wait_for_function("document.getElementById('alert-badge').textContent === '1'")
+        _shot(page, "alerts-desktop")
+        row.get_by_role("button", name=f"Acknowledge alert {aid}").click()
+        page.wait_for_url("**/alerts?state=active&done=*")
+        assert "acknowledged" in page.inner_text("#alert-done")
+        assert page.get_attribute(f"tr[data-alert-id='{aid}']", "data-state") == "acknowledged"
+        page.wait_for_function("document.getElementById('alert-badge').hidden")
+        # The alert's block button opens the block dialog with its source IP and switch.
+        page.get_by_role("button", name="Block 203.0.113.66 on pbx-paris").click()
+        page.locator("#block-dialog.show").wait_for()
+        assert page.input_value("#bd-ip") == "203.0.113.66"
+        page.get_by_role("button", name="Cancel").click()
+
+        # Rules: a new rule of an event kind shows only its own parameters.
+        page.goto(f"/t/{mine.id}/rules")
+        page.get_by_label("Name", exact=True).fill("short calls burst")
+        page.get_by_label("Kind", exact=True).select_option("short_calls")
+        assert page.get_by_label("Threshold", exact=True).is_hidden()
+        page.get_by_label("Count", exact=True).fill("15")
+        page.get_by_role("button", name="Create rule").click()
+        page.wait_for_url("**/rules?saved=*")
+        assert "count 15" in page.inner_text("#rules")
+        page.get_by_label("Kind", exact=True).select_option("asr")
+        page.get_by_label("Name", exact=True).fill("low ASR")
+        page.get_by_role("button", name="Create rule").click()
+        assert "params.threshold: required" in page.inner_text("#rule-error")
+        _shot(page, "rules-desktop")
+    finally:
+        page.context.close()
+    page = _page(browser, server.url, PHONE)
+    try:
+        _login(page, mine.admin)
+        for path, name in (("alerts?state=all", "alerts"), ("rules", "rules")):
+            page.goto(f"/t/{mine.id}/{path}")
+            _no_horizontal_scroll(page)
+            _shot(page, f"{name}-phone")
     finally:
         page.context.close()
