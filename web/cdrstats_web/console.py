@@ -65,7 +65,17 @@ class Console:
         return Middleware(ConsoleSessions, https_only=self.https)
 
     def mount(self) -> Mount:
-        from . import accounts, admin, blocks, pages, stream, switches, tokens
+        from . import (
+            accounts,
+            admin,
+            alerts_pages,
+            blocks,
+            pages,
+            rules_pages,
+            stream,
+            switches,
+            tokens,
+        )
 
         def r(path: str, handler: Handler, methods: list[str] | None = None) -> Route:
             return Route(path, functools.partial(handler, self), methods=methods or ["GET"])
@@ -87,6 +97,16 @@ class Console:
             r("/t/{tenant:int}/blocks", blocks.view),
             r("/t/{tenant:int}/blocks", blocks.block, ["POST"]),
             r("/t/{tenant:int}/blocks/unblock", blocks.unblock, ["POST"]),
+            r("/t/{tenant:int}/alerts", alerts_pages.view),
+            r("/t/{tenant:int}/alerts/count", alerts_pages.count),
+            r("/t/{tenant:int}/alerts/{alert:int}/acknowledge", alerts_pages.acknowledge, ["POST"]),
+            r("/t/{tenant:int}/alerts/{alert:int}/snooze", alerts_pages.snooze, ["POST"]),
+            r("/t/{tenant:int}/alerts/{alert:int}/resolve", alerts_pages.resolve, ["POST"]),
+            r("/t/{tenant:int}/rules", rules_pages.view),
+            r("/t/{tenant:int}/rules", rules_pages.create, ["POST"]),
+            r("/t/{tenant:int}/rules/{rule:int}", rules_pages.update, ["POST"]),
+            r("/t/{tenant:int}/rules/{rule:int}/enabled", rules_pages.set_enabled, ["POST"]),
+            r("/t/{tenant:int}/rules/{rule:int}/delete", rules_pages.delete, ["POST"]),
             r("/account", tokens.view),
             r("/account/tokens", tokens.create, ["POST"]),
             r("/account/tokens/revoke", tokens.revoke, ["POST"]),
