@@ -176,6 +176,11 @@ def _params(kind: str, value: Any) -> dict[str, Any]:
         if key not in allowed:
             raise RuleError(f"params.{key}: unknown for kind {kind} ({', '.join(sorted(allowed))})")
     out: dict[str, Any] = {}
+    if kind in METRIC_KINDS:
+        op = value.get("op")
+        if op not in OPS:
+            raise RuleError(f"params.op: must be one of {', '.join(OPS)}")
+        out["op"] = op
     for key, (typ, default, low, high) in specs.items():
         if key == "min_calls":
             default = _DEFAULT_MIN_CALLS.get(kind, default)
@@ -199,10 +204,7 @@ def _params(kind: str, value: Any) -> dict[str, Any]:
         raise RuleError(f"params.per: must be one of {', '.join(PER)}")
     out["per"] = per
     if kind in METRIC_KINDS:
-        op = value.get("op")
-        if op not in OPS:
-            raise RuleError(f"params.op: must be one of {', '.join(OPS)}")
-        out["op"] = op
+        op = out["op"]
         threshold = out["threshold"]
         pct = op in ("rises_by_pct", "drops_by_pct")
         if kind in ("asr", "ner") and not pct and threshold > 100:
