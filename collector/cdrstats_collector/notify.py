@@ -12,7 +12,9 @@ lease, sends them to the tenant's enabled channels whose `min_severity` the aler
 records each attempt in `notify_delivery` and marks the alert `sent`, `none` (no channel),
 `pending` again with the next attempt after a doubling backoff (`[notify] retry_s`), or
 `failed` after `[notify] max_attempts` with the reasons in `notify_error`. A retry sends only
-to the channels that have not accepted the alert yet. A collector that dies while sending
+to the channels that have not accepted the alert yet. An alert set `pending` again by the
+rules engine (a snooze that ended while the condition holds) starts a new round: every
+channel gets it again and attempts count from 1. A collector that dies while sending
 leaves a `sending` alert whose lease runs out: another claims it again.
 
 Webhooks: `POST` of a JSON document, signed with HMAC-SHA256 over `<timestamp>.<body>` with
@@ -482,13 +484,19 @@ class Sender:
 
 # --- the delivery loop -------------------------------------------------------------------------
 
+# A round of notification starts when an alert becomes 'pending' with no attempt scheduled
+# (new, or set pending again by the rules engine, e.g. when a snooze ends): its attempts are
+# counted from 1 again. A retry (or a reclaimed lease) has notify_next_at set.
 _CLAIM = """
-UPDATE alert a SET notify_state = 'sending', notify_attempts = a.notify_attempts + 1,
+WITH due AS (
+    SELECT id, notify_next_at IS NULL AS fresh FROM alert
+     WHERE notify_state IN ('pending', 'sending')
+       AND coalesce(notify_next_at, '-infinity') <= now()
+     ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+UPDATE alert a SET notify_state = 'sending',
+       notify_attempts = CASE WHEN due.fresh THEN 1 ELSE a.notify_attempts + 1 END,
        notify_next_at = now() + make_interval(secs => %(lease)s)
- WHERE a.id IN (SELECT id FROM alert
-                 WHERE notify_state IN ('pending', 'sending')
-                   AND coalesce(notify_next_at, '-infinity') <= now()
-                 ORDER BY id LIMIT %(limit)s FOR UPDATE SKIP LOCKED)
+  FROM due WHERE a.id = due.id
 RETURNING a.id, a.tenant_id, (SELECT name FROM tenant WHERE id = a.tenant_id), a.rule_id,
           a.severity, a.state, a.title, a.detail, a.opened_at, a.notify_attempts
 """
@@ -560,11 +568,13 @@ class Notifier:
         return len(claimed)
 
     async def _deliver(self, conn: psycopg.AsyncConnection[Any], alert: Alert) -> None:
+        # On a retry, the channels that accepted the alert earlier in this round are skipped.
         cur = await conn.execute(
-            f"SELECT {_COLUMNS}, secret FROM notify_channel c WHERE tenant_id = %s AND enabled"
-            " AND NOT EXISTS (SELECT 1 FROM notify_delivery d WHERE d.alert_id = %s"
-            "   AND d.channel_id = c.id AND d.ok) ORDER BY id",
-            (alert.tenant_id, alert.id),
+            f"SELECT {_COLUMNS}, secret FROM notify_channel c WHERE tenant_id = %(t)s AND enabled"
+            " AND NOT EXISTS (SELECT 1 FROM notify_delivery d WHERE d.alert_id = %(a)s"
+            "   AND d.channel_id = c.id AND d.ok AND %(n)s > 1 AND d.at >= (SELECT max(at)"
+            "   FROM notify_delivery WHERE alert_id = %(a)s AND attempt = 1)) ORDER BY id",
+            {"t": alert.tenant_id, "a": alert.id, "n": alert.attempt},
         )
         rank = severity_rank(alert.severity)
         channels = [
@@ -575,11 +585,14 @@ class Notifier:
         failures = [
             f"{ch.kind} {ch.id}: {err}" for ch, err in zip(channels, results, strict=True) if err
         ]
-        if not channels:
-            already = await conn.execute(
-                "SELECT 1 FROM notify_delivery WHERE alert_id = %s AND ok LIMIT 1", (alert.id,)
+        if not channels:  # none matches, or (on a retry) all have accepted it already
+            cur = await conn.execute(
+                "SELECT 1 FROM notify_delivery WHERE alert_id = %(a)s AND ok AND %(n)s > 1"
+                " AND at >= (SELECT max(at) FROM notify_delivery"
+                "            WHERE alert_id = %(a)s AND attempt = 1) LIMIT 1",
+                {"a": alert.id, "n": alert.attempt},
             )
-            state = "sent" if await already.fetchone() else "none"
+            state = "sent" if await cur.fetchone() else "none"
         elif not failures:
             state = "sent"
         elif alert.attempt >= self.settings.notify_max_attempts:

@@ -204,6 +204,35 @@ async def test_a_retry_goes_only_to_the_channels_that_failed(
     assert len(hook_server.at("/ok/once")) == 1
 
 
+async def test_an_alert_pending_again_is_a_new_round(
+    database_url: str, pool: AsyncConnectionPool[Any], hook_server: HookServer
+) -> None:
+    """The rules engine sets an alert 'pending' again when its snooze ends: every channel
+    gets it again, attempts counted from 1."""
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tid = tenants.add_tenant(conn, "acme")
+        a = await _channel(pool, tid, kind="webhook", target=hook_server.url("/ok/r1"))
+        b = await _channel(pool, tid, kind="webhook", target=hook_server.url("/ok/r2"))
+        alert = add_alert(conn, tid)
+        notifier = notify.Notifier(_settings(database_url, free_port()), pool)
+        assert await notifier.deliver_due() == 1
+        assert alert_state(conn, alert) == ("sent", 1, None)
+        conn.execute(  # what alerts.py does when a snooze ends
+            "UPDATE alert SET state = 'open', notify_state = 'pending', notify_error = NULL"
+            " WHERE id = %s",
+            (alert,),
+        )
+        assert await notifier.deliver_due() == 1
+        assert alert_state(conn, alert) == ("sent", 1, None)
+        assert [d[:4] for d in deliveries(conn, alert)] == [
+            (a.id, "webhook", 1, True),
+            (a.id, "webhook", 1, True),
+            (b.id, "webhook", 1, True),
+            (b.id, "webhook", 1, True),
+        ]
+    assert len(hook_server.at("/ok/r1")) == 2 and len(hook_server.at("/ok/r2")) == 2
+
+
 async def test_two_notifiers_never_send_one_alert_twice(
     database_url: str, pool: AsyncConnectionPool[Any], hook_server: HookServer
 ) -> None:
