@@ -1,10 +1,17 @@
 """CDR search and detail: filters to SQL, keyset pagination, one CDR with its raw fields.
 
-Search is newest first, ordered by (start_time, key, switch_id) descending, and pages with an
-opaque cursor holding the last row's sort key: page N costs the same as page 1 (no OFFSET).
-It reads `cdr` in a tenant-scoped connection (row-level security) and names `tenant_id`
-explicitly as well, so that the index `cdr_tenant_start_idx (tenant_id, start_time, key,
-switch_id)` serves the order.
+Search is newest first by default, ordered by (start_time, key, switch_id) descending, and
+pages with an opaque cursor holding the last row's sort key: page N costs the same as page 1
+(no OFFSET). It reads `cdr` in a tenant-scoped connection (row-level security) and names
+`tenant_id` explicitly as well, so that the index `cdr_tenant_start_idx (tenant_id,
+start_time, key, switch_id)` serves the order (either direction).
+
+`sort` (one of `SORTS`) and `order` (`desc`, `asc`) choose another order: the column first,
+then (start_time, key, switch_id) in the same direction as a tiebreak, so that the order is
+total and the keyset cursor (which then also holds the column's value, the sort and the
+order) pages without gaps or repeats. Text is compared byte by byte (COLLATE "C"), a missing
+Q.850 cause or country sorts as -1 / "". Sorting by another column than start_time sorts
+every CDR the filters select: give it a date range.
 
 Number filters (`caller`, `callee`) take a match mode:
   exact    `callee = v`                      index cdr_tenant_callee_idx / _caller_idx
@@ -89,6 +96,32 @@ DETAIL_COLUMNS = (
 )
 _TIMES = ("start_time", "answer_time", "end_time", "received_at")
 
+SORTS: dict[str, str] = {
+    "start_time": "c.start_time",
+    "duration": "c.duration",
+    "billsec": "c.billsec",
+    "caller": 'c.caller COLLATE "C"',
+    "callee": 'c.callee COLLATE "C"',
+    "direction": "c.direction",
+    "disposition": "c.disposition",
+    "hangup_cause": "coalesce(c.hangup_cause, -1)",
+    "dest_country": "coalesce(c.dest_country, '') COLLATE \"C\"",
+    "accountcode": 'c.accountcode COLLATE "C"',
+}
+"""Sort keys of the search and the SQL expression each sorts by."""
+_SORT_INT = frozenset({"duration", "billsec", "hangup_cause"})
+ORDERS = ("desc", "asc")
+SORT_PARAMS: tuple[Param, ...] = (
+    Param(
+        "sort",
+        "enum",
+        "Sort by this column (then by start time, newest first unless `order=asc`).",
+        default="start_time",
+        choices=tuple(SORTS),
+    ),
+    Param("order", "enum", "Sort direction.", default="desc", choices=ORDERS),
+)
+
 
 @dataclass(frozen=True)
 class Where:
@@ -168,15 +201,37 @@ def _encode(parts: list[Any]) -> str:
 
 
 def _decode(name: str, text: str) -> tuple[int, datetime, str]:
+    switch, moment, key, _ = _decode_cursor(name, text)
+    return switch, moment, key
+
+
+def _decode_cursor(name: str, text: str) -> tuple[int, datetime, str, list[Any] | None]:
+    """(switch, start, key, extra): extra is None for the default order (newest first),
+    [sort, order] for start_time ascending, [sort, order, value] for a column sort."""
     try:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        switch, us, key = json.loads(raw)
+        parts = json.loads(raw)
+        if not isinstance(parts, list) or len(parts) not in (3, 5, 6):
+            raise ValueError
+        switch, us, key = parts[:3]
         if not (isinstance(switch, int) and isinstance(us, int) and isinstance(key, str)):
             raise ValueError
         moment = datetime.fromtimestamp(0, UTC) + timedelta(microseconds=us)
+        extra = parts[3:] or None
+        if extra is not None:
+            sort, order = extra[:2]
+            if (
+                sort not in SORTS
+                or order not in ORDERS
+                or (len(extra) == 3) == (sort == "start_time")
+            ):
+                raise ValueError
+            kind = int if sort in _SORT_INT else str
+            if len(extra) == 3 and type(extra[2]) is not kind:
+                raise ValueError
     except (ValueError, TypeError, OverflowError, UnicodeDecodeError):
         raise ParamError(name, "not a value this API gave out") from None
-    return switch, moment, key
+    return switch, moment, key, extra
 
 
 def _us(moment: datetime) -> int:
@@ -231,14 +286,34 @@ async def search(
     w = where(tenant, tz, args)
     sql = w.sql
     p = dict(w.params)
+    sort = args.get("sort") or "start_time"
+    order = args.get("order") or "desc"
+    if sort not in SORTS:
+        raise ParamError("sort", f"one of {', '.join(SORTS)}")
+    if order not in ORDERS:
+        raise ParamError("order", "desc or asc")
+    by_column = sort != "start_time"
+    direction, op = ("DESC", "<") if order == "desc" else ("ASC", ">")
+    keys = ["c.start_time", "c.key", "c.switch_id"]
+    marks = ["%(c_start)s", "%(c_key)s", "%(c_switch)s"]
+    if by_column:
+        keys.insert(0, SORTS[sort])
+        marks.insert(0, "%(c_value)s")
     if cursor:
-        switch, moment, key = _decode("cursor", cursor)
+        switch, moment, key, extra = _decode_cursor("cursor", cursor)
+        if (extra[:2] if extra else ["start_time", "desc"]) != [sort, order]:
+            raise ParamError("cursor", "belongs to another sort or order: start again without it")
         p.update(c_start=moment, c_key=key, c_switch=switch)
-        sql += " AND (c.start_time, c.key, c.switch_id) < (%(c_start)s, %(c_key)s, %(c_switch)s)"
+        if by_column:
+            p["c_value"] = extra[2] if extra else None
+        sql += f" AND ({', '.join(keys)}) {op} ({', '.join(marks)})"
     p["limit"] = limit + 1
+    select = ", ".join("c." + c for c in COLUMNS)
+    if by_column:
+        select += f", {SORTS[sort]} AS sort_value"
     query = (
-        f"SELECT {', '.join('c.' + c for c in COLUMNS)} FROM cdr c WHERE {sql}"
-        " ORDER BY c.start_time DESC, c.key DESC, c.switch_id DESC LIMIT %(limit)s"
+        f"SELECT {select} FROM cdr c WHERE {sql}"
+        f" ORDER BY {', '.join(k + ' ' + direction for k in keys)} LIMIT %(limit)s"
     )
     async with conn.cursor(row_factory=dict_row) as cur:
         # never prepared: the best plan depends on the values (a rare number, a long range)
@@ -247,12 +322,20 @@ async def search(
     names = await switch_names(conn, tenant)
     more = len(rows) > limit
     rows = rows[:limit]
+    values = [r.pop("sort_value", None) for r in rows]
     nxt = None
     if more and rows:
         last = rows[-1]
-        nxt = _encode([last["switch_id"], _us(last["start_time"]), last["key"]])
+        parts = [last["switch_id"], _us(last["start_time"]), last["key"]]
+        if by_column:
+            parts += [sort, order, values[-1]]
+        elif order != "desc":
+            parts += [sort, order]
+        nxt = _encode(parts)
     return {
         "timezone": tz.key,
+        "sort": sort,
+        "order": order,
         "count": len(rows),
         "next_cursor": nxt,
         "items": [_row_json(r, tz, names) for r in rows],
