@@ -362,10 +362,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "/api/v1/cdrs",
         "search_cdrs",
-        "Search CDRs, newest first, with keyset pagination (`next_cursor`)",
+        "Search CDRs, newest first (or by `sort` and `order`), with keyset pagination"
+        " (`next_cursor`)",
         h_search,
         (
             *search.FILTERS,
+            *search.SORT_PARAMS,
             Param("limit", "integer", "Page size.", default=100, minimum=1, maximum=1000),
             Param("cursor", "cursor", "`next_cursor` of the previous page."),
         ),
