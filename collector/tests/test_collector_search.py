@@ -151,3 +151,58 @@ def test_long_natural_keys_page_and_open(api_server: ApiServer) -> None:  # noqa
     assert rest["count"] == 1 and rest["next_cursor"] is None
     r = api_server.get(f"/api/v1/cdrs/{rest['items'][0]['id']}", s.tokens["b_viewer"])
     assert r.status_code == 200 and r.json()["key"] == cdrs[0].key
+
+
+def test_server_side_sort_pages_in_a_total_order(api_server: ApiServer) -> None:  # noqa: F811
+    s = api_server.seed
+    cdrs = s.cdrs[s.tenant_a]
+    values = {
+        "duration": lambda c: c.duration,
+        "billsec": lambda c: c.billsec,
+        "caller": lambda c: c.caller,
+        "hangup_cause": lambda c: -1 if c.hangup_cause is None else c.hangup_cause,
+        "disposition": lambda c: str(c.disposition),
+    }
+    for sort, order in (
+        ("duration", "asc"),
+        ("duration", "desc"),
+        ("billsec", "desc"),
+        ("caller", "asc"),
+        ("hangup_cause", "desc"),
+        ("disposition", "asc"),
+    ):
+        value = values[sort]
+        expected = [
+            c.key
+            for c in sorted(cdrs, key=lambda c: (value(c), c.start, c.key), reverse=order == "desc")
+        ]
+        got = _all_keys(api_server, sort=sort, order=order)
+        assert got == expected, (sort, order)
+    oldest_first = _all_keys(api_server, order="asc")
+    assert oldest_first == _newest_first(cdrs)[::-1]
+    # a sort combines with the filters
+    busy = _all_keys(api_server, disposition="BUSY", sort="duration", order="asc")
+    assert busy == [
+        c.key
+        for c in sorted(cdrs, key=lambda c: (c.duration, c.start, c.key))
+        if c.disposition == "BUSY"
+    ]
+
+
+def test_sort_errors_name_the_parameter(api_server: ApiServer) -> None:  # noqa: F811
+    token = api_server.seed.tokens["a_viewer"]
+    page = _search(api_server, limit=2, sort="duration")
+    other = _search(api_server, limit=2)
+    cases = [
+        ({"sort": "src_ip"}, "sort"),
+        ({"order": "up"}, "order"),
+        # a cursor only continues the sort it was made for
+        ({"sort": "billsec", "cursor": page["next_cursor"]}, "cursor"),
+        ({"sort": "duration", "order": "asc", "cursor": page["next_cursor"]}, "cursor"),
+        ({"cursor": page["next_cursor"]}, "cursor"),
+        ({"sort": "duration", "cursor": other["next_cursor"]}, "cursor"),
+    ]
+    for params, name in cases:
+        r = api_server.get("/api/v1/cdrs", token, **params)
+        assert r.status_code == 422, (params, r.text)
+        assert r.json()["param"] == name, (params, r.text)
