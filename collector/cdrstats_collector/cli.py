@@ -152,6 +152,7 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
                 months_ahead=cfg.months_ahead,
                 batch_keep_days=cfg.batch_keep_days,
                 keep=retention.Policy(cfg.cdr_retention_days, cfg.aggregate_retention_days),
+                history=maintenance.Keep.from_settings(cfg),
             )
 
     report = asyncio.run(run())
@@ -166,6 +167,12 @@ def cmd_db_maintain(args: argparse.Namespace) -> int:
         f"{' (' + dropped + ')' if dropped else ''},"
         f" {done.cdr_rows_deleted} CDRs deleted, {done.aggregate_rows_deleted} aggregate rows"
         " deleted"
+    )
+    p = report.pruned
+    print(
+        f"history: {p.commands} commands, {p.ip_blocks} ended blocks, {p.live_counts} live"
+        f" counts, {p.import_jobs} import jobs ({p.import_rejects} rejected rows),"
+        f" {p.alerts} resolved alerts pruned"
     )
     return 0
 

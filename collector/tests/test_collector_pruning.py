@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
-from cdrstats_collector import maintenance, settings, tenants
+import pytest
+from cdrstats_collector import cli, maintenance, settings, tenants
 
 from collector.tests.collector_api_testkit import add_agent
 
@@ -140,3 +142,24 @@ async def test_prune_without_an_alert_table(database_url: str) -> None:
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as aconn:
         pruned = await maintenance.prune(aconn, maintenance.Keep(live_counts_days=30))
     assert pruned == maintenance.Pruned(live_counts=1)
+
+
+def test_db_maintain_reports_the_history_pruned(
+    database_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        _seed(conn)
+    config = tmp_path / "c.toml"
+    config.write_text("[maintenance]\ncommands_keep_days = 30\nalerts_keep_days = 30\n")
+    monkeypatch.delenv("CDRSTATS_DATABASE_URL", raising=False)
+    argv = ["db", "maintain", "--database-url", database_url, "--config", str(config)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    # imports and live counts are kept 90 days by default: the 40-day-old ones stay
+    assert (
+        "history: 4 commands, 1 ended blocks, 0 live counts, 0 import jobs (0 rejected rows),"
+        " 1 resolved alerts pruned"
+    ) in out

@@ -1,6 +1,8 @@
 """Remote block latency: from `POST /api/v1/blocks` to the address being in the kernel's set.
 
-    sudo .venv/bin/python bench/command_latency.py [--quick] [--commands 200]
+    sudo .venv/bin/python bench/commands.py [--quick] [--commands 200]
+
+(The issue's `bench/commands.py`: target p99 <= 1 s on loopback, over 200 commands.)
 
 Real parts end to end: `cdrstats serve` (subprocess) over PostgreSQL, a real `cdrstats-agent
 run` (subprocess) long-polling it, with the nftables backend working inside a network
@@ -97,7 +99,7 @@ def main() -> None:
         args.commands = 30
     reason = unavailable_reason("nft")
     if reason:
-        sys.exit(f"command_latency: {reason}")
+        sys.exit(f"commands: {reason}")
     admin = args.database_url or embedded.start("var/test-pg")
     name = f"cdrstats_bench_cmd_{os.getpid()}"
     with psycopg.connect(admin, autocommit=True) as conn:
@@ -185,6 +187,8 @@ def main() -> None:
                 "api_post_p50_ms": round(1000 * statistics.median(posted), 1),
                 "nft_direct_p50_ms": round(1000 * d50, 1),
                 "ratio_p50_vs_nft_direct": round(p50 / d50, 2),
+                "target_p99_ms": 1000,
+                "meets_target": p99 <= 1.0,
             }
         )
     )
