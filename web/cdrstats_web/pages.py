@@ -53,6 +53,7 @@ async def cdrs(console: Console, request: Request) -> Response:
         matches=search.MATCHES,
         directions=search.DIRECTIONS,
         dispositions=search.DISPOSITIONS,
+        sorts=search.SORTS,
     )
     return console.render(request, "cdrs.html", context)
 

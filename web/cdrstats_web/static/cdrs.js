@@ -1,6 +1,7 @@
 // CDR search: the filters of /api/v1/cdrs (kept in the page's query string, so a search can
-// be bookmarked), keyset pages ("Load more"), sorting of the rows shown, a detail view with the
-// switch's raw fields, and export links for the same filters.
+// be bookmarked), keyset pages ("Load more"), sorting by the API (a column header asks for
+// sort=<column>&order=asc|desc and starts from the first page; kept in the URL too), a detail
+// view with the switch's raw fields, and export links for the same filters.
 (function () {
   "use strict";
   var form = document.getElementById("search-form");
@@ -9,7 +10,7 @@
   var more = document.getElementById("more");
   var caption = document.getElementById("cdr-caption");
   var errorBox = document.getElementById("search-error");
-  var rows = [], cursor = null, sortKey = null, sortDir = 1;
+  var rows = [], cursor = null;
   var filters = {};
   new URLSearchParams(location.search).forEach(function (v, k) {
     var el = form.elements.namedItem(k);
@@ -17,8 +18,20 @@
   });
   // Match modes matter only with a number.
   ["caller", "callee"].forEach(function (n) { if (!filters[n]) delete filters[n + "_match"]; });
-  document.getElementById("export-csv").href = cdrstats.apiURL("/api/v1/cdrs/export.csv", filters);
-  document.getElementById("export-xlsx").href = cdrstats.apiURL("/api/v1/cdrs/export.xlsx", filters);
+  var exported = Object.assign({}, filters);  // exports are chronological: no sort
+  delete exported.sort; delete exported.order;
+  document.getElementById("export-csv").href = cdrstats.apiURL("/api/v1/cdrs/export.csv", exported);
+  document.getElementById("export-xlsx").href = cdrstats.apiURL("/api/v1/cdrs/export.xlsx", exported);
+  var NAMES = { asc: "ascending", desc: "descending" };
+  function markSort() {
+    var key = filters.sort || "start_time", order = filters.order || "desc";
+    document.querySelectorAll("[data-sort]").forEach(function (b) {
+      // the header's aria-sort tells assistive technology; the arrow is for the eyes
+      var on = b.getAttribute("data-sort") === key;
+      b.parentNode.setAttribute("aria-sort", on ? NAMES[order] : "none");
+      b.querySelector(".sort-mark").textContent = on ? (order === "asc" ? " ▲" : " ▼") : "";
+    });
+  }
   form.addEventListener("submit", function () {
     // Empty fields stay out of the URL.
     Array.prototype.forEach.call(form.elements, function (el) {
@@ -35,18 +48,8 @@
     tr.appendChild(td);
   }
   function draw() {
-    var shown = rows.slice();
-    if (sortKey) {
-      shown.sort(function (a, b) {
-        var x = a[sortKey], y = b[sortKey];
-        if (x === y) return 0;
-        if (x === null || x === undefined) return 1;
-        if (y === null || y === undefined) return -1;
-        return (x < y ? -1 : 1) * sortDir;
-      });
-    }
     body.replaceChildren();
-    shown.forEach(function (r) {
+    rows.forEach(function (r) {
       var tr = document.createElement("tr");
       tr.tabIndex = 0;
       tr.setAttribute("role", "button");
@@ -58,13 +61,19 @@
       cell(tr, r.hangup_cause, true); cell(tr, r.duration, true); cell(tr, r.billsec, true);
       body.appendChild(tr);
     });
-    caption.textContent = rows.length ? rows.length + " calls shown, newest first" + (cursor ? " (more available)" : "") : "No call matches.";
+    var key = filters.sort || "start_time", order = filters.order || "desc";
+    var how = key === "start_time" ? (order === "desc" ? "newest first" : "oldest first")
+      : "by " + key.replace("_", " ") + ", " + NAMES[order];
+    caption.textContent = rows.length ? rows.length + " calls shown, " + how + (cursor ? " (more available)" : "") : "No call matches.";
     more.classList.toggle("d-none", !cursor);
   }
+  var asked = 0;
   function fetchPage() {
     var params = Object.assign({ limit: 100 }, filters);
     if (cursor) params.cursor = cursor;
+    var mine = ++asked;
     return cdrstats.api("/api/v1/cdrs", params).then(function (d) {
+      if (mine !== asked) return;  // a newer sort was asked for meanwhile
       errorBox.classList.add("d-none");
       rows = rows.concat(d.items);
       cursor = d.next_cursor;
@@ -79,13 +88,23 @@
   document.querySelectorAll("[data-sort]").forEach(function (b) {
     b.addEventListener("click", function () {
       var key = b.getAttribute("data-sort");
-      sortDir = sortKey === key ? -sortDir : 1;
-      sortKey = key;
-      document.querySelectorAll("#cdr-table th").forEach(function (th) { th.setAttribute("aria-sort", "none"); });
-      b.parentNode.setAttribute("aria-sort", sortDir === 1 ? "ascending" : "descending");
-      draw();
+      var current = filters.sort || "start_time", order = filters.order || "desc";
+      // the same column again reverses it; a new column starts ascending (start: newest first)
+      order = key === current ? (order === "desc" ? "asc" : "desc") : (key === "start_time" ? "desc" : "asc");
+      if (key === "start_time" && order === "desc") { delete filters.sort; delete filters.order; }
+      else { filters.sort = key; filters.order = order; }
+      form.elements.namedItem("sort").value = filters.sort || "";
+      form.elements.namedItem("order").value = filters.order || "";
+      var q = new URLSearchParams(location.search);
+      ["sort", "order"].forEach(function (k) { if (filters[k]) q.set(k, filters[k]); else q.delete(k); });
+      history.replaceState(null, "", location.pathname + (q.toString() ? "?" + q.toString() : ""));
+      rows = []; cursor = null;
+      markSort();
+      caption.textContent = "Sorting…";
+      fetchPage();
     });
   });
+  markSort();
   var modalEl = document.getElementById("cdr-detail");
   function open(id) {
     cdrstats.api("/api/v1/cdrs/" + encodeURIComponent(id)).then(function (d) {
