@@ -179,12 +179,23 @@ def test_cdr_search_with_filters_detail_and_export(
         page.wait_for_function("document.querySelectorAll('#cdr-table tbody tr').length === 3")
         assert "ANSWERED" not in page.inner_text("#cdr-table tbody").replace("NO_ANSWER", "")
         _shot(page, "cdrs-desktop")
-        # Sorting by callee (the rows shown), then the detail view with the raw fields.
-        page.get_by_role("button", name="Callee").click()
-        callees = page.eval_on_selector_all(
-            "#cdr-table tbody tr", "rows => rows.map(r => r.children[4].textContent)"
-        )
-        assert callees == sorted(callees)
+        # Sorting by callee (asked of the API, kept in the URL; again: reversed), then the
+        # detail view with the raw fields.
+        callee = page.locator("#cdr-table th", has=page.locator("[data-sort=callee]"))
+        for order in ("ascending", "descending"):
+            page.get_by_role("button", name="Callee").click()
+            page.wait_for_function(
+                "document.getElementById('cdr-caption').textContent.includes('by callee, "
+                + order
+                + "')"
+            )
+            assert callee.get_attribute("aria-sort") == order
+            callees = page.eval_on_selector_all(
+                "#cdr-table tbody tr", "rows => rows.map(r => r.children[4].textContent)"
+            )
+            assert len(callees) == 3
+            assert callees == sorted(callees, reverse=order == "descending")
+        assert "sort=callee&order=desc" in page.url and "disposition=NO_ANSWER" in page.url
         page.locator("#cdr-table tbody tr").first.click()
         page.locator("#cdr-detail.show").wait_for()
         assert "NO_ANSWER" in page.inner_text("#cdr-fields")
