@@ -135,6 +135,15 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(base: str, seeded: See
         "/admin/accountcodes/remove": {"mapping_id": "1"},
         "/account/tokens": {"label": "evil"},
         "/account/tokens/revoke": {"token_id": "0" * 64},
+        f"/t/{acme}/blocks": {"switch": "sw-x", "ip": "203.0.113.9", "ttl": "1h"},
+        f"/t/{acme}/blocks/unblock": {"switch": "sw-x", "ip": "203.0.113.9"},
+        f"/t/{acme}/alerts/1/acknowledge": {},
+        f"/t/{acme}/alerts/1/snooze": {"seconds": "3600"},
+        f"/t/{acme}/alerts/1/resolve": {},
+        f"/t/{acme}/rules": {"name": "evil", "kind": "calls", "window_s": "300"},
+        f"/t/{acme}/rules/1": {"name": "evil", "kind": "calls", "window_s": "300"},
+        f"/t/{acme}/rules/1/enabled": {"enabled": "0"},
+        f"/t/{acme}/rules/1/delete": {},
     }
     c = login(base, "root")
     from cdrstats_collector.settings import Settings
@@ -142,7 +151,10 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(base: str, seeded: See
 
     mounted = Console(Settings(database_url="postgresql:///x")).mount()
     post_paths = {
-        getattr(r, "path", "").replace("{tenant:int}", str(acme))
+        getattr(r, "path", "")
+        .replace("{tenant:int}", str(acme))
+        .replace("{alert:int}", "1")
+        .replace("{rule:int}", "1")
         for r in mounted.routes
         if "POST" in (getattr(r, "methods", None) or ())
     }
