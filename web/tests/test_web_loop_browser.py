@@ -75,6 +75,15 @@ def _shot(page: Any, name: str) -> None:
 
 
 def _no_horizontal_scroll(page: Any) -> None:
+    """No horizontal scroll, and every control has a label (checked on each page shown)."""
+    unlabelled = page.evaluate(
+        """() => [...document.querySelectorAll(
+                'input:not([type=hidden]), select, textarea, button')]
+            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                         && !e.textContent.trim())
+            .map(e => e.outerHTML.slice(0, 80))"""
+    )
+    assert unlabelled == [], (page.url, unlabelled)
     overflow = page.evaluate(
         "document.documentElement.scrollWidth - document.documentElement.clientWidth"
     )
