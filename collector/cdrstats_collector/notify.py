@@ -389,7 +389,8 @@ def verify(
 
 def email_message(settings: Settings, channel: Channel, alert: Alert) -> EmailMessage:
     msg = EmailMessage()
-    msg["Subject"] = f"[CDR-Stats] {alert.severity}: {alert.title}"[:200]
+    subject = " ".join(f"[CDR-Stats] {alert.severity}: {alert.title}".split())  # no CR/LF
+    msg["Subject"] = subject[:200]
     msg["From"] = settings.smtp_from
     msg["To"] = channel.target
     msg["Date"] = formatdate(localtime=False)

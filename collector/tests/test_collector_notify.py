@@ -8,6 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,20 @@ def test_channel_input_is_checked() -> None:
         with pytest.raises(notify.ChannelError) as info:
             notify.check_channel(doc)
         assert info.value.field == field, doc
+
+
+def test_email_subject_cannot_carry_headers() -> None:
+    alert = notify.Alert(
+        id=7, tenant_id=1, tenant="acme", rule_id=None, severity="critical", state="open",
+        title="Calls to +882\r\nBcc: victim@example.net", detail={"x": 1}, opened_at=None,
+        attempt=1,
+    )  # fmt: skip
+    channel = notify.Channel(
+        1, 1, "", "email", "noc@example.net", "info", True, datetime.now(UTC), "t"
+    )
+    msg = notify.email_message(settings.Settings("x"), channel, alert)
+    assert msg["Subject"] == "[CDR-Stats] critical: Calls to +882 Bcc: victim@example.net"
+    assert msg["Bcc"] is None and msg["To"] == "noc@example.net"
 
 
 def test_notify_settings_name_the_key_and_file(tmp_path: Path) -> None:
