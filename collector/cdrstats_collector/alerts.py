@@ -302,15 +302,18 @@ async def set_action(
 async def touch(
     conn: psycopg.AsyncConnection[Any],
     tenant_id: int,
-    alert_id: int,
-    detail: dict[str, Any],
+    held: Sequence[tuple[int, dict[str, Any]]],
     now: datetime,
 ) -> None:
-    """The condition still holds: refresh last_seen_at and the figures."""
+    """The condition still holds for these (alert id, figures): refresh last_seen_at and the
+    figures, in one statement."""
+    if not held:
+        return
     await conn.execute(
-        "UPDATE alert SET last_seen_at = greatest(last_seen_at, %s), detail = %s"
-        " WHERE tenant_id = %s AND id = %s",
-        (now, Jsonb(detail), tenant_id, alert_id),
+        "UPDATE alert a SET last_seen_at = greatest(a.last_seen_at, %s), detail = h.detail"
+        " FROM unnest(%s::bigint[], %s::jsonb[]) AS h (id, detail)"
+        " WHERE a.tenant_id = %s AND a.id = h.id",
+        (now, [i for i, _ in held], [Jsonb(d) for _, d in held], tenant_id),
     )
 
 
@@ -321,7 +324,8 @@ async def wake(
     async with conn.transaction():
         await conn.execute(
             "UPDATE alert SET state = 'open', snoozed_until = NULL, notify_state = 'pending',"
-            " notify_error = NULL WHERE tenant_id = %s AND id = %s AND state = 'snoozed'",
+            " notify_attempts = 0, notify_error = NULL"
+            " WHERE tenant_id = %s AND id = %s AND state = 'snoozed'",
             (tenant_id, alert_id),
         )
         alert = await get_alert(conn, tenant_id, alert_id)
