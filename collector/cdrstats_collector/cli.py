@@ -399,8 +399,7 @@ def _block_command(args: argparse.Namespace, verb: str) -> int:
                 args=block_args,
                 issued_by=actor(),
                 own_addresses=lambda: commands.collector_addresses([cfg.url]),
-                command_ttl_s=cfg.command_ttl_s,
-                max_active_blocks=cfg.max_active_blocks,
+                **commands.limits(cfg),
             )
 
     row = asyncio.run(run())

@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypedDict
 
 import psycopg
 from cdrstats_agent import logs, wire
@@ -73,6 +73,20 @@ class CommandError(Exception):
 
 class NotFound(CommandError):
     """The switch (or tenant) does not exist or has no enrolled agent (API 404)."""
+
+
+class Limits(TypedDict):
+    command_ttl_s: int
+    max_active_blocks: int
+
+
+def limits(settings: Any) -> Limits:
+    """`create_command` keyword arguments from the collector's `[commands]` settings:
+    `create_command(conn, ..., **limits(state.settings))`."""
+    return Limits(
+        command_ttl_s=int(settings.command_ttl_s),
+        max_active_blocks=int(settings.max_active_blocks),
+    )
 
 
 def parse_ttl(value: Any) -> int:
@@ -698,8 +712,7 @@ async def _user_command(request: Request, verb: str) -> Response:
                 issued_by=who.username,
                 user_id=who.user_id,
                 own_addresses=lambda: own,
-                command_ttl_s=state.settings.command_ttl_s,
-                max_active_blocks=state.settings.max_active_blocks,
+                **limits(state.settings),
             )
     except HTTPException as exc:
         return replies.error(

@@ -377,6 +377,7 @@ def served(
     config = (
         f'[notify]\nsmtp_host = "127.0.0.1"\nsmtp_port = {smtp.port}\n'
         'smtp_from = "alerts@cdr.example.net"\nwebhook_timeout_s = 1\nretry_s = 0.1\n'
+        "[commands]\nmax_active_blocks = 2\ndefault_block_ttl_s = 120\ncommand_ttl_s = 60\n"
     )
     server = CollectorServer(url, tmp_path_factory.mktemp("notify"), extra_config=config)
     try:
@@ -569,3 +570,31 @@ def test_cli_notify(
         "notify.channel_test",
         "notify.channel_delete",
     ]
+
+
+def test_commands_limits_come_from_settings(
+    served: Served, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """[commands] max_active_blocks, default_block_ttl_s and command_ttl_s reach the API and
+    the CLI (this collector: 2 blocks, 120 s, 60 s)."""
+    served.server.enroll("acme", "swlim")
+
+    def block(ip: str) -> httpx.Response:
+        return served.api("POST", "/api/v1/blocks", json={"switch": "swlim", "ip": ip})
+
+    first = block("192.0.2.10").json()
+    assert first["args"]["ttl"] == 120
+    issued = datetime.fromisoformat(first["issued_at"])
+    assert (datetime.fromisoformat(first["expires_at"]) - issued).total_seconds() == 60
+    assert block("192.0.2.11").status_code == 201
+    r = block("192.0.2.12")
+    assert r.status_code == 422 and "the maximum (2)" in r.json()["error"]
+    config = tmp_path / "c.toml"
+    config.write_text("[commands]\nmax_active_blocks = 2\ndefault_block_ttl_s = 90\n")
+    argv = ["block", "192.0.2.13", "--switch", "swlim", "--tenant", "acme"]
+    db = ["--database-url", served.server.database_url, "--config", str(config)]
+    assert cli.main(argv + db) == 1
+    assert "the maximum (2)" in capsys.readouterr().err
+    config.write_text("[commands]\nmax_active_blocks = 3\ndefault_block_ttl_s = 90\n")
+    assert cli.main(argv + db) == 0
+    assert "for 90 s queued" in capsys.readouterr().out
