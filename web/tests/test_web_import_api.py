@@ -216,6 +216,11 @@ def test_roles_csrf_and_tenant_isolation(server: CollectorServer, tenant: Fresh)
         assert v.get(f"/api/v1/imports/{job['id']}").json()["imported"] == 4  # viewers read
         r = v.post("/api/v1/import-profiles", json={"name": "p", "options": MAPPING})
         assert r.status_code == 403
+        # The pages: a viewer follows imports but gets no upload form.
+        page = v.get(f"/t/{tenant.id}/import")
+        assert page.status_code == 200 and "needs a tenant admin" in page.text
+        assert 'id="import-file"' not in page.text
+        assert v.get(f"/t/{tenant.id}/import/{job['id']}").status_code == 200
     with admin_client(server, other.admin) as o:
         assert o.get(f"/api/v1/imports/{job['id']}").status_code == 404
         assert o.get(f"/api/v1/imports/{job['id']}/rejects.csv").status_code == 404
@@ -223,6 +228,9 @@ def test_roles_csrf_and_tenant_isolation(server: CollectorServer, tenant: Fresh)
             o.get(f"/api/v1/imports/{job['id']}", params={"tenant": tenant.id}).status_code == 404
         )
         assert o.get("/api/v1/imports").json()["imports"] == []
+        assert o.get(f"/t/{tenant.id}/import").status_code == 404
+        assert o.get(f"/t/{tenant.id}/import/{job['id']}").status_code == 404
+        assert 'id="import-file"' in o.get(f"/t/{other.id}/import").text
         names = [p["name"] for p in o.get("/api/v1/import-profiles").json()["profiles"]]
         assert "carrier" not in names
     with httpx.Client(base_url=server.url) as anon:
