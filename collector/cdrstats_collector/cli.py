@@ -205,6 +205,16 @@ def cmd_db_rebuild(args: argparse.Namespace) -> int:
                 else [int(r[0]) for r in conn.execute("SELECT id FROM tenant ORDER BY id")]
             )
             done = [aggregates.rebuild(conn, t, since, until) for t in ids]
+        for r in done:  # recorded once done (a rebuild commits as it goes)
+            audit.record_sync(
+                conn,
+                r.tenant_id,
+                None,
+                actor(),
+                "aggregates.rebuild",
+                str(r.tenant_id),
+                {"hours": [h.isoformat() for h in r.hours], "days": [str(d) for d in r.days]},
+            )
     for r in done:
         print(
             f"tenant {r.tenant_id}: hours {r.hours[0].isoformat()} to {r.hours[1].isoformat()},"
@@ -604,6 +614,23 @@ def cmd_import(args: argparse.Namespace) -> int:
         f" {job.duplicates} duplicates skipped, {job.rejected} rejected (job {job.job_id})"
     )
     with _connect(cfg) as conn:
+        audit.record_sync(
+            conn,
+            tid,
+            None,
+            actor(),
+            "import.run",
+            str(args.file.name),
+            {
+                "job_id": str(job.job_id),
+                "profile": args.profile,
+                "switch": args.switch,
+                "rows_read": job.rows_read,
+                "imported": job.imported,
+                "duplicates": job.duplicates,
+                "rejected": job.rejected,
+            },
+        )
         for line, reason in csvimport.first_rejects(conn, tid, job.job_id):
             print(f"  line {line}: {reason}")
         if job.rejected > 10:

@@ -46,6 +46,20 @@ def test_every_admin_command_is_audited(
         (["notify", "add-email", "--tenant", "acme", "--to", "noc@example.net"],
          "notify.channel_add", "email:"),
     ]  # fmt: skip
+    profile = tmp_path / "carrier.toml"
+    profile.write_text(
+        'delimiter = ";"\ntime_format = "%Y-%m-%d %H:%M:%S"\nkey = "ref"\n'
+        'fields = { start = "when", caller = "from", callee = "to", duration = "secs" }\n'
+    )
+    data = tmp_path / "march.csv"
+    data.write_text("ref;when;from;to;secs\nr1;2025-03-01 10:05:00;101;201;2\n")
+    steps += [
+        (["import-profile", "add", "carrier", "--tenant", "acme", "--file", str(profile)],
+         "import_profile.save", "carrier"),
+        (["import", str(data), "--profile", "carrier", "--tenant", "acme", "--switch", "sw1"],
+         "import.run", "march.csv"),
+        (["db", "rebuild-aggregates", "--tenant", "acme"], "aggregates.rebuild", "1"),
+    ]  # fmt: skip
     for argv, _, _ in steps:
         assert cli.main(argv + db) == 0, (argv, capsys.readouterr())
     with psycopg.connect(database_url) as conn:
