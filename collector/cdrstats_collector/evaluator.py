@@ -69,6 +69,7 @@ _NUMBER = (
     " WHEN left(c.callee, 1) = '+' THEN substr(c.callee, 2)"
     " WHEN left(c.callee, 2) = '00' THEN substr(c.callee, 3) END)"
 )
+_ENDED = "coalesce(c.end_time, c.start_time + c.duration * interval '1 second')"
 _SUMS = (
     "count(*), count(*) FILTER (WHERE c.disposition = 'ANSWERED'),"
     " count(*) FILTER (WHERE c.disposition IN ('ANSWERED', 'BUSY', 'NO_ANSWER', 'CANCELLED')"
@@ -163,7 +164,10 @@ async def _cdr_sums(
     ranges = []
     for i, (start, end) in enumerate(_windows(now, rule["window_s"], weeks)):
         args[f"a{i}"], args[f"b{i}"] = start, end
-        ranges.append(f"(c.start_time >= %(a{i})s AND c.start_time < %(b{i})s)")
+        # A CDR exists once its call has ended: in a past week, count only the calls that had
+        # ended by the same moment, so that calls still in progress now do not look missing.
+        ended = f" AND {_ENDED} <= %(b{i})s" if i else ""
+        ranges.append(f"(c.start_time >= %(a{i})s AND c.start_time < %(b{i})s{ended})")
     cols = [expr for _, expr in group]
     week = "floor(extract(epoch FROM (%(now)s - c.start_time)) / 604800)::int"
     where = " OR ".join(ranges)

@@ -110,6 +110,37 @@ async def test_drops_by_pct_fires_on_a_drop_and_rises_by_pct_on_a_rise(database_
     assert "down 75.0 % from 20.0" in drop["title"]
 
 
+async def test_baseline_counts_calls_ended_by_the_same_moment_and_silent_switches(
+    database_url: str,
+) -> None:
+    """Calls still in progress now have no CDR yet: last week's calls that had not ended at
+    the same moment are not in the baseline either (no false drop). A switch without any call
+    is a value of 0 for a 'below' rule per switch."""
+    sw = Switch(database_url, "acme", "sw1")
+    Switch(database_url, "acme", "quiet")
+    t0 = NOW - 10 * M
+    ev = t0 + 5 * M
+    await sw.store(spread(t0 - WEEK, 10, billsec=30))  # ended well before the moment
+    await sw.store(spread(t0 - WEEK, 10, billsec=3600))  # still in progress at the moment
+    await sw.store(spread(t0, 10, billsec=30))  # this week: the long ones have no CDR yet
+    async with await connect(database_url) as conn:
+        await add_rule(
+            conn,
+            sw.tenant_id,
+            name="drop",
+            kind="calls",
+            params={"op": "drops_by_pct", "threshold": 25, "weeks": 1},
+        )
+        await add_rule(
+            conn,
+            sw.tenant_id,
+            name="silent",
+            kind="calls",
+            params={"op": "below", "threshold": 1, "per": "switch"},
+        )
+        assert await run(conn, ev) == [("silent", "switch=quiet", "opened")]
+
+
 async def test_asr_drop_against_previous_weeks_and_below_fires_only_below(
     database_url: str,
 ) -> None:
