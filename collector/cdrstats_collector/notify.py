@@ -560,32 +560,45 @@ class Notifier:
 
     async def deliver_due(self) -> int:
         """Claim the alerts due now, send them, record the outcome; returns how many."""
-        async with self.pool.connection() as conn:
-            async with conn.transaction():
-                cur = await conn.execute(_CLAIM, {"lease": self.lease_s, "limit": BATCH})
-                claimed = [Alert(*r) for r in await cur.fetchall()]
-            for alert in claimed:
-                await self._deliver(conn, alert)
+        async with self.pool.connection() as conn, conn.transaction():
+            cur = await conn.execute(_CLAIM, {"lease": self.lease_s, "limit": BATCH})
+            claimed = [Alert(*r) for r in await cur.fetchall()]
+        # All at once (SMTP in worker threads): a batch takes about one timeout, well inside
+        # the lease. No connection is held while sending.
+        await asyncio.gather(*(self._deliver(alert) for alert in claimed))
         return len(claimed)
 
-    async def _deliver(self, conn: psycopg.AsyncConnection[Any], alert: Alert) -> None:
+    async def _deliver(self, alert: Alert) -> None:
         # On a retry, the channels that accepted the alert earlier in this round are skipped.
-        cur = await conn.execute(
-            f"SELECT {_COLUMNS}, secret FROM notify_channel c WHERE tenant_id = %(t)s AND enabled"
-            " AND NOT EXISTS (SELECT 1 FROM notify_delivery d WHERE d.alert_id = %(a)s"
-            "   AND d.channel_id = c.id AND d.ok AND %(n)s > 1 AND d.at >= (SELECT max(at)"
-            "   FROM notify_delivery WHERE alert_id = %(a)s AND attempt = 1)) ORDER BY id",
-            {"t": alert.tenant_id, "a": alert.id, "n": alert.attempt},
-        )
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(
+                f"SELECT {_COLUMNS}, secret FROM notify_channel c"
+                " WHERE tenant_id = %(t)s AND enabled AND NOT EXISTS (SELECT 1"
+                "   FROM notify_delivery d WHERE d.alert_id = %(a)s AND d.channel_id = c.id"
+                "   AND d.ok AND %(n)s > 1 AND d.at >= (SELECT max(at) FROM notify_delivery"
+                "   WHERE alert_id = %(a)s AND attempt = 1)) ORDER BY id",
+                {"t": alert.tenant_id, "a": alert.id, "n": alert.attempt},
+            )
+            rows = await cur.fetchall()
         rank = severity_rank(alert.severity)
         channels = [
-            ch for ch in (Channel(*r) for r in await cur.fetchall())
-            if severity_rank(ch.min_severity) <= rank
-        ]  # fmt: skip
+            ch for ch in (Channel(*r) for r in rows) if severity_rank(ch.min_severity) <= rank
+        ]
         results = await asyncio.gather(*(self.sender.send(ch, alert) for ch in channels))
         failures = [
             f"{ch.kind} {ch.id}: {err}" for ch, err in zip(channels, results, strict=True) if err
         ]
+        async with self.pool.connection() as conn:
+            await self._record(conn, alert, channels, results, failures)
+
+    async def _record(
+        self,
+        conn: psycopg.AsyncConnection[Any],
+        alert: Alert,
+        channels: list[Channel],
+        results: list[str | None],
+        failures: list[str],
+    ) -> None:
         if not channels:  # none matches, or (on a retry) all have accepted it already
             cur = await conn.execute(
                 "SELECT 1 FROM notify_delivery WHERE alert_id = %(a)s AND ok AND %(n)s > 1"
