@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from cdrstats_collector import auth
 from web_testkit import Fresh, csrf_of, fresh_tenant, login, shared_server
 
 from tests.fix_db import CollectorServer
@@ -260,3 +261,21 @@ def test_a_job_left_running_is_marked_failed(server: CollectorServer, tenant: Fr
         job = v.get(f"/api/v1/imports/{job_id}").json()
     assert job["status"] == "failed" and job["imported"] == 5000
     assert "stopped" in job["error"] and "import the file again" in job["error"]
+
+
+def test_api_token_uploads_without_csrf(server: CollectorServer, tenant: Fresh) -> None:
+    """Scripts use an API token: no session, no CSRF header; the raw body is the file."""
+    with psycopg.connect(server.database_url, autocommit=True) as conn:
+        token = auth.create_token(conn, tenant.admin, "import script")
+    headers = {"Authorization": f"Bearer {token}", "Content-Type": "text/csv"}
+    data = carrier_csv(40)
+    with httpx.Client(base_url=server.url, headers=headers, timeout=60) as c:
+        r = c.post(
+            "/api/v1/imports",
+            params={"mapping": json.dumps(MAPPING), "switch": "scripted"},
+            content=data,
+        )
+        assert r.status_code == 202, r.text
+        assert r.json()["file_name"] == "upload.csv"
+        job = wait_done(c, r.json()["id"])
+    assert (job["imported"], job["rejected"], job["switch"]) == (40, 0, "scripted")
