@@ -51,7 +51,7 @@ from cdrstats_agent.errors import ConfigError
 from cdrstats_csv.config import mapping_from_options
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -337,6 +337,9 @@ def api_call(
             return await handler(request)
         except HTTPException as exc:
             return _error(exc)
+        except ClientDisconnect:
+            log.info("upload_abandoned", path=request.url.path)
+            return replies.error(400, "the client hung up before the end of the upload")
         except (psycopg.OperationalError, PoolTimeout):
             return replies.unavailable("database unavailable, retry later")
 
@@ -559,8 +562,18 @@ async def _heartbeat(pool: Any, spec: JobSpec, thread: threading.Thread) -> None
 _TASKS: set[asyncio.Task[None]] = set()
 
 
+def _busy() -> HTTPException:
+    return HTTPException(
+        429,
+        f"{MAX_RUNNING} imports are running on this collector: retry when one ends",
+        headers={"Retry-After": "10"},
+    )
+
+
 async def start_import(request: Request, spec: JobSpec, lines: int) -> None:
     """Start the job's thread; returns once its job row exists (or raises why it cannot)."""
+    if len(_RUNNING) >= MAX_RUNNING:  # checked again: uploads may have arrived meanwhile
+        raise _busy()
     created: concurrent.futures.Future[None] = concurrent.futures.Future()
     thread = threading.Thread(
         target=_thread_main, args=(spec, created), name=f"cdrstats-import-{spec.job_id}"
@@ -607,11 +620,7 @@ async def create_endpoint(request: Request) -> Response:
     check_csrf(request)
     state = get_state(request)
     if len(_RUNNING) >= MAX_RUNNING:
-        raise HTTPException(
-            429,
-            f"{MAX_RUNNING} imports are running on this collector: retry when one ends",
-            headers={"Retry-After": "10"},
-        )
+        raise _busy()
     folder = upload_dir(request)
     job_id = uuid.uuid4()
     path = folder / f"{job_id}.csv"
