@@ -8,7 +8,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -598,3 +598,57 @@ def test_commands_limits_come_from_settings(
     config.write_text("[commands]\nmax_active_blocks = 3\ndefault_block_ttl_s = 90\n")
     assert cli.main(argv + db) == 0
     assert "for 90 s queued" in capsys.readouterr().out
+
+
+async def test_a_rule_firing_on_cdrs_is_emailed_and_posted(
+    database_url: str,
+    pool: AsyncConnectionPool[Any],
+    smtp_server: SmtpServer,
+    hook_server: HookServer,
+) -> None:
+    """The loop closed: CDRs stored by the real ingest, the rules evaluator opens an alert,
+    the notifier emails it and posts it, with the rule's title and figures."""
+    from cdrstats_agent.model import Disposition
+    from rules_testkit import NOW, Switch, add_rule, connect, run, spread
+
+    sw = Switch(database_url, "acme", "sw1")
+    mail = await _channel(pool, sw.tenant_id, kind="email", target="noc@acme.example")
+    hook = await _channel(pool, sw.tenant_id, kind="webhook", target=hook_server.url("/ok/rule"))
+    t0 = NOW - timedelta(minutes=10)
+    calls = spread(t0, 20)
+    for c in calls[5:]:  # 5 answered of 20: ASR 25 %
+        c.disposition, c.billsec, c.answer = Disposition.NO_ANSWER, 0, None
+        c.duration, c.hangup_cause, c.sip_code = 5, 19, 480
+    await sw.store(calls)
+    async with await connect(database_url) as conn:
+        await add_rule(
+            conn,
+            sw.tenant_id,
+            name="low ASR",
+            kind="asr",
+            params={"op": "below", "threshold": 40, "clear": 50, "min_calls": 10, "per": "switch"},
+        )
+        assert await run(conn, t0 + timedelta(minutes=5)) == [("low ASR", "switch=sw1", "opened")]
+    notifier = notify.Notifier(_settings(database_url, smtp_server.port), pool)
+    assert await notifier.deliver_due() == 1
+    [got] = smtp_server.inbox.mails
+    assert (
+        got.message["Subject"] == "[CDR-Stats] warning: low ASR: ASR 25 % below 40 % (switch=sw1)"
+    )
+    assert '"calls": 20' in got.body and '"value": 25.0' in got.body
+    [posted] = hook_server.at("/ok/rule")
+    assert posted.doc["alert"]["title"] == "low ASR: ASR 25 % below 40 % (switch=sw1)"
+    assert posted.doc["alert"]["detail"]["value"] == 25.0
+    assert notify.verify(
+        hook.secret,
+        posted.headers["x-cdrstats-timestamp"],
+        posted.body,
+        posted.headers["x-cdrstats-signature"],
+    )
+    with psycopg.connect(database_url) as conn:
+        [(state, sent_to)] = conn.execute(
+            "SELECT a.notify_state, array_agg(d.channel_id ORDER BY d.channel_id)"
+            " FROM alert a JOIN notify_delivery d ON d.alert_id = a.id AND d.ok"
+            " GROUP BY a.notify_state"
+        ).fetchall()
+    assert (state, sent_to) == ("sent", [mail.id, hook.id])
