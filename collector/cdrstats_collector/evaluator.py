@@ -294,7 +294,10 @@ async def _switch_names(conn: psycopg.AsyncConnection[Any], rule: dict[str, Any]
 async def _concurrent(
     conn: psycopg.AsyncConnection[Any], rule: dict[str, Any], now: datetime, weeks: int
 ) -> dict[tuple[Any, ...], dict[int, tuple[int, int, int, int, int]]]:
-    """Peak calls in progress per window (agg_conc_minute), per switch or for the tenant."""
+    """Peak calls in progress per window, per switch or for the tenant: the larger of what
+    the CDRs say (agg_conc_minute, known once the calls have ended) and what the switches
+    reported live (live_count_minute, at once; for the tenant, the sum of the switches'
+    per-minute peaks)."""
     per_switch = rule["params"]["per"] == "switch" or "switch" in rule["scope"]
     args: dict[str, Any] = {"t": rule["tenant_id"], "now": now}
     ranges = []
@@ -302,12 +305,25 @@ async def _concurrent(
         args[f"a{i}"], args[f"b{i}"] = start, end
         ranges.append(f"(m.minute >= date_trunc('minute', %(a{i})s) AND m.minute < %(b{i})s)")
     key_col = "s.name" if rule["params"]["per"] == "switch" else "''"
+    if per_switch:
+        minutes = (
+            "SELECT switch_id, minute, calls FROM agg_conc_minute"
+            " WHERE tenant_id = %(t)s AND switch_id <> 0"
+            " UNION ALL SELECT switch_id, minute, calls_max FROM live_count_minute"
+            " WHERE tenant_id = %(t)s"
+        )
+    else:
+        minutes = (
+            "SELECT 0::bigint AS switch_id, minute, calls FROM agg_conc_minute"
+            " WHERE tenant_id = %(t)s AND switch_id = 0"
+            " UNION ALL SELECT 0::bigint, minute, sum(calls_max)::int FROM live_count_minute"
+            " WHERE tenant_id = %(t)s GROUP BY minute"
+        )
     sql = (
         f"SELECT {key_col}, floor(extract(epoch FROM (%(now)s - m.minute)) / 604800)::int,"
-        " max(m.calls) FROM agg_conc_minute m"
-        " LEFT JOIN switch s ON s.tenant_id = m.tenant_id AND s.id = m.switch_id"
-        f" WHERE m.tenant_id = %(t)s AND m.switch_id {'<>' if per_switch else '='} 0"
-        f" AND ({' OR '.join(ranges)})"
+        f" max(m.calls) FROM ({minutes}) m (switch_id, minute, calls)"
+        " LEFT JOIN switch s ON s.tenant_id = %(t)s AND s.id = m.switch_id"
+        f" WHERE ({' OR '.join(ranges)})"
     )
     if "switch" in rule["scope"]:
         sql += " AND s.name = %(scope_switch)s"

@@ -216,7 +216,19 @@ async def test_concurrent_calls(database_url: str) -> None:
         )
         assert await run(conn, t0 + 5 * M) == [("conc", "switch=sw1", "opened")]
         (row,) = await alert_rows(conn, sw.tenant_id)
-    assert row["detail"]["value"] == 5.0
+        assert row["detail"]["value"] == 5.0
+        # Calls in progress reported live by the switch count before their CDRs exist.
+        minute = (t0 + 3 * M).replace(second=0)
+        await conn.execute(
+            "INSERT INTO live_count_minute (tenant_id, switch_id, minute, calls_max)"
+            " VALUES (%s, %s, %s, 7)",
+            (sw.tenant_id, sw.agent.switch_id, minute),
+        )
+        assert await run(conn, t0 + 5 * M) == [("conc hi", "tenant", "opened")]
+        assert {r["rule"]: r["detail"]["value"] for r in await alert_rows(conn, sw.tenant_id)} == {
+            "conc": 7.0,
+            "conc hi": 7.0,
+        }
 
 
 async def test_fraud_kinds_fire_once_and_lists_exempt(database_url: str) -> None:
