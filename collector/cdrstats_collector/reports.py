@@ -400,7 +400,9 @@ async def breakdown(
             conn,
             f"SELECT {keys}, {_sums()} FROM {table} WHERE {where}"
             f" GROUP BY {keys} ORDER BY sum(calls) DESC, {keys} LIMIT %(limit)s",
-            "SELECT id, name FROM switch WHERE tenant_id = %(t)s",
+            # with the switches account codes are mapped from (migration 0010)
+            "SELECT id, name FROM switch WHERE tenant_id = %(t)s"
+            " UNION SELECT id, name FROM cdrstats_visible_switches()",
             p,
         )
         names = dict(switch_rows)
