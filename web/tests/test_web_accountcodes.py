@@ -105,6 +105,11 @@ def test_superadmin_maps_an_account_code_and_the_customer_sees_only_its_calls(
             ).fetchall()
         )
     assert per_tenant == {owner.id: 1, customer.id: 1}
+    # the customer's reports and switch picker name the switch its calls came from
+    r = c.get("/api/v1/reports/breakdown", params={"tenant": customer.id, "by": "switch"})
+    assert r.status_code == 200, r.text
+    assert [(i["switch"], i["calls"]) for i in r.json()["items"]] == [("shared-pbx", 1)]
+    assert "shared-pbx" in c.get(f"/t/{customer.id}/").text
 
     # removal: audited with the mapping's tenant, and CSRF-checked like every form
     page = root.get("/admin")
