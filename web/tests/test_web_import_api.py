@@ -15,7 +15,7 @@ import httpx
 import psycopg
 import pytest
 from cdrstats_collector import auth
-from web_testkit import Fresh, csrf_of, fresh_tenant, login, shared_server
+from web_testkit import Fresh, SSEReader, csrf_of, fresh_tenant, login, shared_server
 
 from tests.fix_db import CollectorServer
 
@@ -279,3 +279,31 @@ def test_api_token_uploads_without_csrf(server: CollectorServer, tenant: Fresh) 
         assert r.json()["file_name"] == "upload.csv"
         job = wait_done(c, r.json()["id"])
     assert (job["imported"], job["rejected"], job["switch"]) == (40, 0, "scripted")
+
+
+def test_progress_events_reach_only_the_tenants_streams(server: CollectorServer) -> None:
+    """SSE `import` events: the job's tenant sees them, in order; another tenant does not."""
+    a, b = fresh_tenant(server.database_url), fresh_tenant(server.database_url)
+    data = carrier_csv(12_000)  # three batches of 5,000 rows
+    with (
+        admin_client(server, a.admin) as ca,
+        admin_client(server, b.admin) as cb,
+        SSEReader(ca, f"/t/{a.id}/events") as sa,
+        SSEReader(cb, f"/t/{b.id}/events") as sb,
+    ):
+        job_a = upload(ca, data, mapping=json.dumps(MAPPING), switch="s").json()["id"]
+        seen: list[tuple[str, int]] = []
+        while not seen or seen[-1][0] == "running":
+            _id, name, doc = sa.next_event()
+            if name == "import" and doc["job_id"] == job_a:
+                seen.append((doc["status"], doc["rows_read"]))
+        assert seen[0] == ("running", 0) and seen[-1] == ("done", 12_000), seen
+        assert [r for _s, r in seen] == sorted(r for _s, r in seen)
+        assert len({r for _s, r in seen}) >= 4  # created, 5,000, 10,000, 12,000
+        # Tenant b's stream: its own job's first event comes before anything of a's.
+        job_b = upload(cb, carrier_csv(3), mapping=json.dumps(MAPPING), switch="s").json()["id"]
+        while True:
+            _id, name, doc = sb.next_event()
+            if name == "import":
+                assert doc["job_id"] == job_b, doc
+                break
