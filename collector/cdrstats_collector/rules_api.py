@@ -16,7 +16,8 @@
     DELETE /api/v1/dest-lists/{list}           admins: back to the defaults
 
 Tenant-scoped like the other APIs (auth.py): a tenant user acts on its own tenant, a superadmin
-names it (`tenant` in the query or the body). Reads run under row-level security.
+names it (`tenant` in the query or the body). Reads run under row-level security. A write
+authenticated by the console's session cookie must carry `X-CSRF-Token` (API tokens need none).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from . import alerts, auth, replies, rules
+from .import_api import check_csrf
 from .state import get_state
 
 ADMIN_ROLES = ("superadmin", "tenant_admin")
@@ -75,6 +77,8 @@ def _endpoint(handler: Handler, write: bool) -> Callable[[Request], Awaitable[Re
     async def endpoint(request: Request) -> Response:
         try:
             who = await auth.require(request, roles=ADMIN_ROLES if write else VIEW_ROLES)
+            if write:
+                check_csrf(request)  # a console session must send X-CSRF-Token
             doc = await _body(request) if write and request.method in ("POST", "PUT") else {}
             tenant = doc.pop("tenant", None) if write else None
             if tenant is None:

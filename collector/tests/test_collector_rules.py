@@ -4,6 +4,7 @@ JSON API of rules, alerts and lists in a real collector process (roles, tenant i
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -216,6 +217,26 @@ def test_rules_api_roles_errors_and_isolation(api: Api) -> None:
     assert api.call("GET", f"/api/v1/rules/{rid}", "a_viewer").json()["id"] == rid
     # Tenant B sees nothing of A and cannot change it.
     assert api.call("GET", "/api/v1/rules", "b_admin").json()["rules"] == []
+    # A console session can read; to write it must send the page's CSRF token.
+    with httpx.Client(base_url=api.server.url, timeout=30) as browser:
+        token = re.search(r'name="csrf-token" content="([^"]+)"', browser.get("/login").text)
+        assert token is not None
+        form = {"username": "a_admin", "password": PASSWORD, "csrf_token": token[1]}
+        assert browser.post("/login", data=form).status_code == 303
+        assert browser.get("/api/v1/rules").status_code == 200
+        r = browser.post("/api/v1/rules", json={**doc, "name": "csrf"})
+        assert r.status_code == 403 and "CSRF" in r.json()["error"]
+        page = browser.get("/", follow_redirects=True).text
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', page)
+        assert csrf is not None
+        r = browser.delete(f"/api/v1/rules/{rid}", headers={"X-CSRF-Token": "wrong"})
+        assert r.status_code == 403
+        r = browser.post(
+            "/api/v1/rules", json={**doc, "name": "csrf"}, headers={"X-CSRF-Token": csrf[1]}
+        )
+        assert r.status_code == 201, r.text
+        r = browser.delete(f"/api/v1/rules/{r.json()['id']}", headers={"X-CSRF-Token": csrf[1]})
+        assert r.status_code == 200
     for method in ("GET", "PUT", "DELETE"):
         r = api.call(method, f"/api/v1/rules/{rid}", "b_admin", json={"enabled": False})
         assert r.status_code == 404, (method, r.text)
@@ -225,6 +246,13 @@ def test_rules_api_roles_errors_and_isolation(api: Api) -> None:
     assert api.call("GET", "/api/v1/rules", "root").status_code == 422
     r = api.call("GET", "/api/v1/rules", "root", params={"tenant": api.tenants["acme"]})
     assert [x["id"] for x in r.json()["rules"]] == [rid]
+    r = api.call("POST", "/api/v1/rules", "root", json={**doc, "name": "b rule", "tenant": 0})
+    assert r.status_code == 422 and r.json()["error"].startswith("tenant")
+    r = api.call("POST", "/api/v1/rules", "root", json={**doc, "tenant": api.tenants["bravo"]})
+    assert r.status_code == 201 and r.json()["tenant_id"] == api.tenants["bravo"]
+    assert [x["name"] for x in api.call("GET", "/api/v1/rules", "b_admin").json()["rules"]] == [
+        "api rule"
+    ]
     r = api.call("PUT", f"/api/v1/rules/{rid}", "a_admin", json={"params": {"op": "nope"}})
     assert r.status_code == 400 and r.json()["field"] == "params.op"
     r = api.call("PUT", f"/api/v1/rules/{rid}", "a_admin", json={"severity": "critical"})
