@@ -511,6 +511,7 @@ class Notifier:
         self.pool = pool
         self.sender = Sender(settings)
         self.wake = asyncio.Event()
+        self.listening = asyncio.Event()
 
     @property
     def lease_s(self) -> float:
@@ -548,14 +549,20 @@ class Notifier:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.settings.database_url, autocommit=True, connect_timeout=5
+                    self.settings.database_url,
+                    autocommit=True,
+                    connect_timeout=5,
+                    application_name="cdrstats-notify",
                 ) as conn:
                     await conn.execute(f"LISTEN {ALERT_CHANNEL}")
-                    self.wake.set()
+                    self.listening.set()
+                    self.wake.set()  # anything raised while we were not listening
                     async for _ in conn.notifies():
                         self.wake.set()
             except psycopg.Error as exc:
                 log.warning("notify_listener_down", error=str(exc).strip()[:200])
+            finally:
+                self.listening.clear()
             await asyncio.sleep(2.0)
 
     async def deliver_due(self) -> int:

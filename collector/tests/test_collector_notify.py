@@ -5,6 +5,7 @@ send one alert twice; the channel API (roles, tenants, bad input) and the CLI.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -276,6 +277,36 @@ async def test_a_dead_collectors_lease_runs_out(
         )
         assert await notifier.deliver_due() == 1
         assert alert_state(conn, alert) == ("sent", 2, None)
+
+
+async def test_the_loop_is_woken_by_notify(
+    database_url: str,
+    pool: AsyncConnectionPool[Any],
+    hook_server: HookServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """run_forever sends an alert as soon as NOTIFY cdrstats_alert arrives, long before its
+    next look at the table (an hour here)."""
+    monkeypatch.setattr(notify, "POLL_S", 3600.0)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        tid = tenants.add_tenant(conn, "acme")
+    await _channel(pool, tid, kind="webhook", target=hook_server.url("/ok/woken"))
+    notifier = notify.Notifier(_settings(database_url, free_port(), notify_retry_s=3600), pool)
+    task = asyncio.create_task(notifier.run_forever())
+    try:
+        await asyncio.wait_for(notifier.listening.wait(), 10)
+        await asyncio.sleep(0.2)  # the first pass (woken by the listener's start) is over
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            alert = add_alert(conn, tid)
+        for _ in range(200):  # bounded: 20 s, far below the hour without the wake-up
+            if hook_server.at("/ok/woken"):
+                break
+            await asyncio.sleep(0.1)
+        assert [h.doc["alert"]["id"] for h in hook_server.at("/ok/woken")] == [alert]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 def test_channel_input_is_checked() -> None:
