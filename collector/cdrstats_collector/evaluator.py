@@ -691,6 +691,7 @@ class Evaluator:
                     if conn is not None:
                         await conn.close()
                     conn = None
+                    await asyncio.sleep(min(self.tick_s, 30.0))  # not once per ingested batch
         finally:
             if conn is not None:
                 await conn.close()
