@@ -799,14 +799,13 @@ def _map_one(
     if b"\x00" in data:
         batch.rejects.append((line, "holds a NUL byte (binary data)", _raw_text(data, mapping)))
         return
-    result = mapping.map_record(data, header)
-    if isinstance(result, Rejection):
-        batch.rejects.append((line, result.reason, _raw_text(data, mapping)))
+    row = mapping.map_row(data, header)
+    if isinstance(row, Rejection):
+        batch.rejects.append((line, row.reason, _raw_text(data, mapping)))
         return
-    row = wire.cdr_to_row(result)
     start = row[1]
     if start < limits[0] or start > limits[1]:
-        when = result.start.isoformat()
+        when = wire.from_us(start).isoformat()
         why = (
             f"start {when} is before 2000"
             if start < limits[0]

@@ -29,9 +29,12 @@ from __future__ import annotations
 import codecs
 import hashlib
 import ipaddress
+import re
 from collections.abc import Mapping as MappingABC
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
 
 from cdrstats_agent.model import CDR, Direction, Disposition
 from cdrstats_agent.normalize import (
@@ -47,11 +50,12 @@ from cdrstats_agent.plugin import Rejected
 from .records import RecordError, Template, split_csv, split_records
 from .stamps import (
     StampError,
+    TimeParser,
     local_zone,
     parse_duration,
-    parse_time,
     resolve,
     seconds_between,
+    time_parser,
 )
 
 ColRef = str | int
@@ -151,6 +155,13 @@ class _Bound:
     inputs: dict[str, list[tuple[int, FieldInput]]]
     key: list[int]
     extra: list[int]
+    extra_items: tuple[tuple[str, int], ...] = ()
+    """(label, index) of the columns kept in `extra`."""
+    times: tuple[tuple[int, list[tuple[int, FieldInput]]], ...] = ()
+    """(slot in TIME_FIELDS, inputs) of the mapped time fields; the same for the others:"""
+    durations: tuple[tuple[int, list[tuple[int, FieldInput]]], ...] = ()
+    texts: tuple[tuple[int, list[tuple[int, FieldInput]]], ...] = ()
+    optional: tuple[tuple[int, list[tuple[int, FieldInput]]], ...] = ()
 
 
 def _show(value: str, limit: int = 60) -> str:
@@ -172,6 +183,7 @@ class Mapping:
         self.spec = spec
         self.encoding = codecs.lookup(spec.encoding).name
         self._bound: dict[object, _Bound | Rejection] = {}
+        self._parsers: dict[tuple[str, ...], TimeParser] = {}
         self._known_counts = tuple(sorted({len(layout) for layout in spec.layouts}))
         self.quote_recovered = 0
         """Template records read although a value contained a quote (counted, see README)."""
@@ -267,7 +279,23 @@ class Mapping:
             names[i] if names is not None and names[i] else f"col{i + 1}" for i in range(count)
         )
         extra = [i for i in range(count) if i not in used]
-        return _Bound(count, labels, names is not None, inputs, key, extra)
+
+        def mapped(names: tuple[str, ...]) -> tuple[tuple[int, list[tuple[int, FieldInput]]], ...]:
+            return tuple((slot, inputs[n]) for slot, n in enumerate(names) if n in inputs)
+
+        return _Bound(
+            count,
+            labels,
+            names is not None,
+            inputs,
+            key,
+            extra,
+            tuple((labels[i], i) for i in extra),
+            mapped(TIME_FIELDS),
+            mapped(DURATION_FIELDS),
+            mapped(TEXT_FIELDS),
+            mapped(OPTIONAL_TEXT_FIELDS),
+        )
 
     def _bound_for(self, count: int, header: tuple[str, ...] | None) -> _Bound | Rejection:
         if self.spec.header:
@@ -297,8 +325,10 @@ class Mapping:
 
     # --- mapping ------------------------------------------------------------------------
 
-    def map_record(self, data: bytes, header: tuple[str, ...] | None = None) -> CDR | Rejection:
-        """One CDR from one raw record (bytes as in the file, without line terminator)."""
+    def _check(
+        self, data: bytes, header: tuple[str, ...] | None
+    ) -> tuple[list[str], _Bound] | Rejection:
+        """A record's values and binding, or why it cannot be mapped."""
         try:
             values = self.split(data)
         except RecordError as exc:
@@ -316,10 +346,35 @@ class Mapping:
                         '(FreeSWITCH writes values unescaped; broken_quotes = "reject")'
                     )
                 self.quote_recovered += 1
+        return values, bound
+
+    def map_record(self, data: bytes, header: tuple[str, ...] | None = None) -> CDR | Rejection:
+        """One CDR from one raw record (bytes as in the file, without line terminator)."""
+        checked = self._check(data, header)
+        if isinstance(checked, Rejection):
+            return checked
         try:
-            return self._map(data, values, bound)
+            return CDR(*self._fields(data, *checked))
         except _Reject as exc:
             return Rejection(exc.reason)
+
+    def map_row(self, data: bytes, header: tuple[str, ...] | None = None) -> list[Any] | Rejection:
+        """`map_record` straight to the wire row (`wire.cdr_to_row` of the CDR), for bulk
+        imports: the same values without building the `CDR` object."""
+        checked = self._check(data, header)
+        if isinstance(checked, Rejection):
+            return checked
+        try:
+            row = self._fields(data, *checked)
+        except _Reject as exc:
+            return Rejection(exc.reason)
+        start, answer, end = row[1], row[2], row[3]
+        row[1] = _micros(start)
+        row[2] = None if answer is None else _micros(answer)
+        row[3] = None if end is None else _micros(end)
+        row[6] = _ENUM_TEXT[row[6]]
+        row[7] = _ENUM_TEXT[row[7]]
+        return row
 
     def map_values(self, values: list[str], raw: bytes) -> CDR | Rejection:
         """One CDR from values already split (a database row as text, in a layout's order).
@@ -331,9 +386,16 @@ class Mapping:
         if isinstance(bound, Rejection):
             return bound
         try:
-            return self._map(raw, values, bound)
+            return CDR(*self._fields(raw, values, bound))
         except _Reject as exc:
             return Rejection(exc.reason)
+
+    def _parser(self, formats: tuple[str, ...]) -> TimeParser:
+        parser = self._parsers.get(formats)
+        if parser is None:
+            zone = self.spec.timezone if self.spec.timezone is not None else local_zone()
+            parser = self._parsers[formats] = time_parser(formats, zone)
+        return parser
 
     @staticmethod
     def _where(bound: _Bound, index: int) -> str:
@@ -341,62 +403,52 @@ class Mapping:
             return f"column {index + 1} {bound.labels[index]!r}"
         return f"column {index + 1}"
 
-    def _map(self, data: bytes, values: list[str], bound: _Bound) -> CDR:
-        spec = self.spec
-        extra: dict[str, str] = {bound.labels[i]: values[i] for i in bound.extra}
+    def _fields(self, data: bytes, values: list[str], bound: _Bound) -> list[Any]:
+        """The CDR's values in `CDR_FIELDS` order (raises _Reject with the reason).
 
-        def pick(name: str) -> tuple[str, int, FieldInput] | None:
-            for index, source in bound.inputs.get(name, ()):
-                value = values[index].strip()
-                if source.transform == "callerid_name":
-                    value = split_callerid(value)[0]
-                elif source.transform == "callerid_number":
-                    value = split_callerid(value)[1]
-                if value:
-                    return value, index, source
-            return None
+        The per-record hot path of every import: only the mapped fields are looked at.
+        """
+        spec = self.spec
+        inputs = bound.inputs
+        sources: list[tuple[int, FieldInput]] | None
+        extra: dict[str, str] = {label: values[i] for label, i in bound.extra_items}
 
         def keep_raw(index: int) -> None:
             extra[bound.labels[index]] = values[index]
 
-        zone = spec.timezone if spec.timezone is not None else local_zone()
-        stamps: dict[str, tuple[datetime, ...] | None] = {}
-        for name in TIME_FIELDS:
-            got = pick(name)
+        stamps: list[tuple[datetime, ...] | None] = [None, None, None]
+        for slot, sources in bound.times:
+            got = _pick(values, sources)
             if got is None:
-                stamps[name] = None
                 continue
             value, index, source = got
             try:
-                stamps[name] = parse_time(value, source.time_formats or spec.time_formats, zone)
+                stamps[slot] = self._parser(source.time_formats or spec.time_formats)(value)
             except StampError as exc:
                 raise _Reject(f"{self._where(bound, index)}: {exc}: {_show(value)}") from None
 
-        durations: dict[str, int | None] = {}
-        for name in DURATION_FIELDS:
-            got = pick(name)
+        durations: list[int | None] = [None, None, None]
+        for slot, sources in bound.durations:
+            got = _pick(values, sources)
             if got is None:
-                durations[name] = None
                 continue
             value, index, _ = got
             if spec.decimal_comma:
                 value = value.replace(",", ".")
             try:
-                durations[name] = parse_duration(value, spec.duration_unit)
+                durations[slot] = parse_duration(value, spec.duration_unit)
             except StampError as exc:
                 raise _Reject(f"{self._where(bound, index)}: {exc}: {_show(value)}") from None
 
-        duration, billsec = durations["duration"], durations["billsec"]
-        start, answer, end = resolve(
-            stamps["start"], stamps["answer"], stamps["end"], duration, billsec
-        )
+        duration, billsec, ring_time = durations
+        start, answer, end = resolve(stamps[0], stamps[1], stamps[2], duration, billsec)
         if start is None:
             if end is not None and duration is not None:
                 start = end - timedelta(seconds=duration)
             elif answer is not None:
                 start = answer
             else:
-                columns = [self._where(bound, i) for i, _ in bound.inputs.get("start", ())]
+                columns = [self._where(bound, i) for i, _ in inputs.get("start", ())]
                 where = " or ".join(columns) if columns else "no start column is mapped"
                 raise _Reject(f"no start time ({where}: empty)")
         if end is None and duration is not None:
@@ -411,14 +463,16 @@ class Mapping:
                 f"end time {end.isoformat()} is before {what} {(answer or start).isoformat()}"
             )
         hangup_cause: int | None = None
-        got = pick("hangup_cause")
+        sources = inputs.get("hangup_cause")
+        got = _pick(values, sources) if sources else None
         if got is not None:
             hangup_cause = q850_from_text(got[0])
             if hangup_cause is None:
                 keep_raw(got[1])
 
         disposition: Disposition | None = None
-        got = pick("disposition")
+        sources = inputs.get("disposition")
+        got = _pick(values, sources) if sources else None
         if got is not None:
             text = got[0].upper()
             disposition = spec.dispositions.get(text) or disposition_from_text(text)
@@ -427,7 +481,6 @@ class Mapping:
 
         if duration is None:
             duration = seconds_between(start, end) if end is not None else 0
-        ring_time = durations["ring_time"]
         if billsec is None:
             if answer is not None and end is not None:
                 billsec = seconds_between(answer, end)
@@ -445,7 +498,8 @@ class Mapping:
             disposition = disposition_from_q850(hangup_cause, billsec, answer is not None)
 
         sip_code: int | None = None
-        got = pick("sip_code")
+        sources = inputs.get("sip_code")
+        got = _pick(values, sources) if sources else None
         if got is not None:
             if got[0].isdigit() and 100 <= int(got[0]) <= 699:
                 sip_code = int(got[0])
@@ -453,75 +507,102 @@ class Mapping:
                 keep_raw(got[1])
 
         src_ip: str | None = None
-        got = pick("src_ip")
+        sources = inputs.get("src_ip")
+        got = _pick(values, sources) if sources else None
         if got is not None:
-            try:
-                src_ip = str(ipaddress.ip_address(got[0].strip("[]")))
-            except ValueError:
+            src_ip = _ip_text(got[0].strip("[]"))
+            if src_ip is None:
                 keep_raw(got[1])
 
         direction = Direction.UNKNOWN
-        got = pick("direction")
+        sources = inputs.get("direction")
+        got = _pick(values, sources) if sources else None
         if got is not None:
             direction = _DIRECTIONS.get(got[0].lower(), Direction.UNKNOWN)
             if direction is Direction.UNKNOWN:
                 keep_raw(got[1])
 
-        texts = {name: (got[0] if (got := pick(name)) else "") for name in TEXT_FIELDS}
-        optional = {
-            name: (got[0] if (got := pick(name)) else None) for name in OPTIONAL_TEXT_FIELDS
-        }
+        texts = ["", "", "", ""]
+        for slot, sources in bound.texts:
+            if (got := _pick(values, sources)) is not None:
+                texts[slot] = got[0]
+        optional: list[str | None] = [None, None, None, None, None]
+        for slot, sources in bound.optional:
+            if (got := _pick(values, sources)) is not None:
+                optional[slot] = got[0]
 
-        if "channel" in bound.inputs or "dstchannel" in bound.inputs:
-            trunk, derived = self._trunk(pick("channel"), pick("dstchannel"))
-            if optional["trunk"] is None:
-                optional["trunk"] = trunk
+        if "channel" in inputs or "dstchannel" in inputs:
+            channel, dstchannel = inputs.get("channel"), inputs.get("dstchannel")
+            trunk, derived = self._trunk(
+                _pick(values, channel) if channel else None,
+                _pick(values, dstchannel) if dstchannel else None,
+            )
+            if optional[2] is None:
+                optional[2] = trunk
             if direction is Direction.UNKNOWN and derived is not None:
                 direction = derived
 
-        country = spec.country_code
-        e164 = {
-            name: to_e164(
-                texts[name],
-                country,
-                international_prefix=spec.international_prefix,
-                national_prefix=spec.national_prefix,
-            )
-            if texts[name]
-            else None
-            for name in ("caller", "callee")
-        }
+        caller, caller_name, callee, accountcode = texts
+        e164 = self._e164
+        caller_e164 = e164(caller) if caller else None
+        callee_e164 = e164(callee) if callee else None
 
-        key_values = [values[i].strip() for i in bound.key]
-        key = ":".join(key_values) if any(key_values) else hashlib.sha256(data).hexdigest()
+        if len(bound.key) == 1:
+            key = values[bound.key[0]].strip() or hashlib.sha256(data).hexdigest()
+        else:
+            key_values = [values[i].strip() for i in bound.key]
+            key = ":".join(key_values) if any(key_values) else hashlib.sha256(data).hexdigest()
         if len(key) > MAX_KEY_CHARS:
             key = hashlib.sha256(key.encode()).hexdigest()
 
-        return CDR(
-            key=key,
-            start=start,
-            answer=answer,
-            end=end,
-            duration=duration,
-            billsec=billsec,
-            disposition=disposition,
-            direction=direction,
-            caller=texts["caller"],
-            caller_name=texts["caller_name"],
-            callee=texts["callee"],
-            caller_e164=e164["caller"],
-            callee_e164=e164["callee"],
-            accountcode=texts["accountcode"],
-            hangup_cause=hangup_cause,
-            sip_code=sip_code,
-            ring_time=ring_time,
-            src_ip=src_ip,
-            read_codec=optional["read_codec"],
-            write_codec=optional["write_codec"],
-            trunk=optional["trunk"],
-            user_agent=optional["user_agent"],
-            call_group=optional["call_group"],
-            extra=dict(extra),
+        read_codec, write_codec, trunk_name, user_agent, call_group = optional
+        return [
+            key,
+            start,
+            answer,
+            end,
+            duration,
+            billsec,
+            disposition,
+            direction,
+            caller,
+            caller_name,
+            callee,
+            caller_e164,
+            callee_e164,
+            accountcode,
+            hangup_cause,
+            sip_code,
+            ring_time,
+            src_ip,
+            read_codec,
+            write_codec,
+            trunk_name,
+            user_agent,
+            call_group,
+            extra,
+        ]
+
+    def _e164(self, number: str) -> str | None:
+        """`normalize.to_e164` with the mapping's numbering plan; digits-only numbers (the
+        usual case) take a shortcut giving the same answer."""
+        spec = self.spec
+        if number.isdigit() and number.isascii():
+            intl, national = spec.international_prefix, spec.national_prefix
+            if intl and number.startswith(intl):
+                rest = number[len(intl) :]
+            elif spec.country_code and national and number.startswith(national):
+                rest = spec.country_code + number[len(national) :]
+            else:
+                return None
+            if not rest.isdigit() or not (8 <= len(rest) <= 15) or rest[0] == "0":
+                return None
+            return "+" + rest
+        return to_e164(
+            number,
+            spec.country_code,
+            international_prefix=spec.international_prefix,
+            national_prefix=spec.national_prefix,
         )
 
     def _trunk(
@@ -574,6 +655,50 @@ class Mapping:
             else:
                 cdrs.append(result)
         return cdrs, rejected
+
+
+_IPV4 = re.compile(
+    r"(?:(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\.){3}"
+    r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+)
+
+
+def _ip_text(text: str) -> str | None:
+    """The address written normally (`ipaddress`), or None if `text` is not one."""
+    if _IPV4.fullmatch(text) is not None:
+        return text  # dotted quad without leading zeros: already what ipaddress writes
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+def _pick(
+    values: list[str], sources: Sequence[tuple[int, FieldInput]]
+) -> tuple[str, int, FieldInput] | None:
+    """The first non-empty value among a field's columns: (value, column index, input)."""
+    for index, source in sources:
+        value = values[index].strip()
+        if source.transform == "callerid_name":
+            value = split_callerid(value)[0]
+        elif source.transform == "callerid_number":
+            value = split_callerid(value)[1]
+        if value:
+            return value, index, source
+    return None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ENUM_TEXT: dict[Disposition | Direction, str] = {
+    **{d: d.value for d in Disposition},
+    **{d: d.value for d in Direction},
+}
+
+
+def _micros(value: datetime) -> int:
+    """µs since the Unix epoch of an aware datetime (as `wire.to_us`)."""
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
 class _Reject(Exception):

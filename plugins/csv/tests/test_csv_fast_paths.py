@@ -1,0 +1,164 @@
+"""The mapping engine's shortcuts give exactly what the general code gives.
+
+`Mapping.map_row` (bulk imports: no `CDR` object), `stamps.time_parser` (formats compiled
+once), the whole-number path of `parse_duration`, the digits-only path of E.164 and the
+dotted-quad path of `src_ip` are each compared with the code they shortcut.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from datetime import UTC, timedelta, timezone
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+import pytest
+from cdrstats_agent import wire
+from cdrstats_agent.errors import ConfigError
+from cdrstats_agent.normalize import to_e164
+from cdrstats_csv.config import mapping_from_options
+from cdrstats_csv.mapping import Mapping, MappingSpec, Rejection, _ip_text
+from cdrstats_csv.records import split_records
+from cdrstats_csv.stamps import MAX_DURATION, StampError, parse_duration, parse_time, time_parser
+from csv_testkit import CASES
+
+CASE_DIRS = sorted(p for p in CASES.iterdir() if (p / "input.csv").exists())
+
+
+def _mapping(case_config: dict[str, object]) -> Mapping | None:
+    options = {k: v for k, v in case_config.items() if k not in ("chunk_cdrs", "poll_interval")}
+    try:
+        return mapping_from_options(options, "source")
+    except ConfigError:
+        return None
+
+
+@pytest.mark.parametrize("case", CASE_DIRS, ids=[p.name for p in CASE_DIRS])
+def test_map_row_is_the_wire_row_of_map_record(case: object) -> None:
+    from pathlib import Path
+
+    assert isinstance(case, Path)
+    mapping = _mapping(tomllib.loads((case / "config.toml").read_text(encoding="utf-8")))
+    if mapping is None:
+        pytest.skip("an error case (config refused)")
+    records = split_records((case / "input.csv").read_bytes(), quote=mapping.quote_byte, final=True)
+    header = None
+    checked = 0
+    for i, record in enumerate(records.records):
+        data = (
+            record.data[3:] if i == 0 and record.data.startswith(b"\xef\xbb\xbf") else record.data
+        )
+        if mapping.header and header is None:
+            parsed = mapping.parse_header(data)
+            assert not isinstance(parsed, Rejection)
+            header = parsed
+            continue
+        cdr = mapping.map_record(data, header)
+        row = mapping.map_row(data, header)
+        if isinstance(cdr, Rejection):
+            assert row == cdr
+        else:
+            assert row == wire.cdr_to_row(cdr)
+            checked += 1
+    assert checked or "err" in case.name or "broken" in case.name
+
+
+ZONES = [UTC, ZoneInfo("UTC"), ZoneInfo("Europe/Paris"), timezone(timedelta(hours=-5))]
+FORMATS = [
+    ["%d/%m/%Y %H:%M:%S"],
+    ["%Y-%m-%d %H:%M:%S", "iso8601"],
+    ["%m/%d/%Y %I:%M %p", "epoch"],
+    ["iso8601", "epoch_ms"],
+]
+TEXTS = [
+    "03/02/2025 10:04:05",
+    "31/03/2024 02:30:00",  # a gap in Paris
+    "27/10/2024 02:30:00",  # twice in Paris
+    "2025-02-03 10:04:05",
+    "2024-10-27 02:30:00",
+    "2025-02-03T10:04:05+02:00",
+    "2025-02-03T10:04:05z",
+    "1738577045",
+    "1738577045123",
+    "02/03/2025 10:04 PM",
+    "01/01/1970 00:00:00",
+    "",
+    "  ",
+    "yesterday",
+    "31/02/2025 10:00:00",
+]
+
+
+@pytest.mark.parametrize("zone", ZONES, ids=str)
+def test_time_parser_agrees_with_parse_time(zone: object) -> None:
+    assert isinstance(zone, UTC.__class__ | ZoneInfo)
+    for formats in FORMATS:
+        parse = time_parser(formats, zone)
+        for text in TEXTS:
+            try:
+                expected: object = parse_time(text, formats, zone)
+            except StampError as exc:
+                expected = str(exc)
+            try:
+                got: object = parse(text)
+            except StampError as exc:
+                got = str(exc)
+            assert got == expected, (formats, text)
+
+
+def _duration_exact(text: str, unit: str) -> int | None:
+    value = Decimal(text.strip())
+    if unit == "ms":
+        value /= 1000
+    if value > MAX_DURATION:
+        raise StampError("duration too large")
+    return int(value)
+
+
+@pytest.mark.parametrize("unit", ["s", "ms"])
+def test_whole_number_durations_agree_with_decimal(unit: str) -> None:
+    limit = MAX_DURATION * (1000 if unit == "ms" else 1)
+    for text in ["0", "7", " 61 ", "12.5", "0.999", "1999", "000123", f"{limit}", f"{limit}.5"]:
+        try:
+            expected: object = _duration_exact(text, unit)
+        except StampError as exc:
+            expected = str(exc)
+        try:
+            got: object = parse_duration(text, unit)
+        except StampError as exc:
+            got = str(exc)
+        assert got == expected, text
+    assert parse_duration("\u0661\u0662", unit) == _duration_exact("\u0661\u0662", unit)
+    with pytest.raises(StampError, match="not a duration"):
+        parse_duration("1e", unit)
+
+
+@pytest.mark.parametrize("plan", [("33", "00", "0"), (None, "00", "0"), ("1", "011", "1")])
+def test_digits_only_e164_agrees_with_to_e164(plan: tuple[str | None, str, str]) -> None:
+    country, intl, national = plan
+    mapping = Mapping(
+        MappingSpec(
+            fields={},
+            country_code=country,
+            international_prefix=intl,
+            national_prefix=national,
+        )
+    )
+    numbers = ["0033612345678", "0612345678", "612345678", "011442071234567", "18005551234"]
+    numbers += ["00", "0", "1000", "0044 20 7123 4567", "+33612345678", "sip:0612345678@x"]
+    numbers += ["00000000000", "0123456789012345678", "٠٦١٢٣٤٥٦٧٨"]
+    for number in numbers:
+        expected = to_e164(number, country, international_prefix=intl, national_prefix=national)
+        assert mapping._e164(number) == expected, number
+
+
+def test_dotted_quad_shortcut_agrees_with_ipaddress() -> None:
+    texts = ["10.0.0.1", "255.255.255.255", "0.0.0.0", "256.1.1.1", "01.2.3.4", "1.2.3"]
+    texts += ["1.2.3.4.5", "::1", "2001:DB8::1", "fe80::1%eth0", "\u0661.2.3.4", "1.2.3.4 ", "x"]
+    for text in texts:
+        try:
+            expected: str | None = str(ipaddress.ip_address(text))
+        except ValueError:
+            expected = None
+        assert _ip_text(text) == expected, text
