@@ -21,7 +21,7 @@
     cdrstats allowlist add NETWORK [--tenant T] [--note TEXT] | list | delete NETWORK [--tenant T]
     cdrstats notify add-email --tenant T --to ADDR[,ADDR] [--min-severity S] [--name N]
     cdrstats notify add-webhook --tenant T --url URL [--secret S] [--min-severity S] [--name N]
-    cdrstats notify list --tenant T | test ID --tenant T | delete ID --tenant T
+    cdrstats notify list --tenant T | test|enable|disable|delete ID --tenant T
     cdrstats import FILE --profile NAME --tenant T --switch S [--timezone TZ] [--report OUT.csv]
     cdrstats import-profile add NAME --tenant T (--preset P | --file PROFILE.toml) | list --tenant T
 
@@ -529,6 +529,11 @@ def _notify(args: argparse.Namespace, action: str) -> int:
                 for ch in await notify.list_channels(conn, tid):
                     state = "enabled" if ch.enabled else "disabled"
                     print(f"{ch.id}\t{ch.kind}\t{ch.target}\t{ch.min_severity}\t{state}\t{ch.name}")
+            elif action in ("enable", "disable"):
+                doc = {"enabled": action == "enable"}
+                if not await notify.update_channel(conn, tid, args.id, doc, by=actor()):
+                    raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
+                print(f"channel {args.id} {action}d")
             elif action == "delete":
                 if not await notify.delete_channel(conn, tid, args.id, by=actor()):
                     raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
@@ -570,6 +575,14 @@ def cmd_notify_test(args: argparse.Namespace) -> int:
 
 def cmd_notify_delete(args: argparse.Namespace) -> int:
     return _notify(args, "delete")
+
+
+def cmd_notify_enable(args: argparse.Namespace) -> int:
+    return _notify(args, "enable")
+
+
+def cmd_notify_disable(args: argparse.Namespace) -> int:
+    return _notify(args, "disable")
 
 
 def cmd_import(args: argparse.Namespace) -> int:
@@ -839,7 +852,9 @@ def build_parser() -> argparse.ArgumentParser:
     nlist.add_argument("--tenant", required=True)
     ntest = command(nfy, "test", cmd_notify_test, "send a test notification through a channel")
     ndel = command(nfy, "delete", cmd_notify_delete, "delete a channel")
-    for p in (ntest, ndel):
+    non = command(nfy, "enable", cmd_notify_enable, "send alerts through a channel again")
+    noff = command(nfy, "disable", cmd_notify_disable, "stop sending through a channel")
+    for p in (ntest, ndel, non, noff):
         p.add_argument("id", type=int, help="channel id (see notify list)")
         p.add_argument("--tenant", required=True)
 

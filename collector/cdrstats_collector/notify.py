@@ -25,6 +25,7 @@ HTTP API (JSON; readers may list, admins write; tenant-scoped like the rest of t
 
     GET    /api/v1/notify/channels             the tenant's channels (never the secret)
     POST   /api/v1/notify/channels             {kind, target, min_severity?, name?, secret?}
+    PATCH  /api/v1/notify/channels/{id}        {enabled?, min_severity?, name?}
     DELETE /api/v1/notify/channels/{id}
     POST   /api/v1/notify/channels/{id}/test   send a test notification now
 """
@@ -267,6 +268,63 @@ async def get_channel(
     )
     row = await cur.fetchone()
     return None if row is None else Channel(*row)
+
+
+async def update_channel(
+    conn: psycopg.AsyncConnection[Any],
+    tenant_id: int,
+    channel_id: int,
+    doc: dict[str, Any],
+    *,
+    by: str,
+    user_id: int | None = None,
+) -> Channel | None:
+    """Change a channel's `enabled`, `min_severity` or `name` (audited); None when the tenant
+    has no such channel. ChannelError for bad input (kind, target and secret never change:
+    make a new channel)."""
+    unknown = sorted(set(doc) - {"enabled", "min_severity", "name"})
+    if unknown:
+        raise ChannelError(unknown[0], "cannot be changed (enabled, min_severity, name can)")
+    if not doc:
+        raise ChannelError("enabled", "nothing to change: give enabled, min_severity or name")
+    if "enabled" in doc and not isinstance(doc["enabled"], bool):
+        raise ChannelError("enabled", "must be true or false")
+    if "min_severity" in doc and doc["min_severity"] not in SEVERITIES:
+        raise ChannelError(
+            "min_severity",
+            f"must be one of {', '.join(SEVERITIES)}, got {doc['min_severity']!r:.40}",
+        )
+    if "name" in doc and (not isinstance(doc["name"], str) or len(doc["name"]) > 100):
+        raise ChannelError("name", "a text of at most 100 characters")
+    changes = {k: (v.strip() if k == "name" else v) for k, v in doc.items()}
+    async with conn.transaction():
+        cur = await conn.execute(
+            "UPDATE notify_channel SET enabled = coalesce(%(enabled)s, enabled),"
+            " min_severity = coalesce(%(min_severity)s, min_severity),"
+            " name = coalesce(%(name)s, name)"
+            f" WHERE tenant_id = %(t)s AND id = %(id)s RETURNING {_COLUMNS}",
+            {
+                "enabled": changes.get("enabled"),
+                "min_severity": changes.get("min_severity"),
+                "name": changes.get("name"),
+                "t": tenant_id,
+                "id": channel_id,
+            },
+        )
+        row = await cur.fetchone()
+        if row is None:
+            return None
+        channel = Channel(*row)
+        await audit.record(
+            conn,
+            tenant_id,
+            user_id,
+            by,
+            "notify.channel_update",
+            f"{channel.kind}:{channel.id}",
+            changes,
+        )
+    return channel
 
 
 async def delete_channel(
@@ -706,6 +764,14 @@ async def _handle(request: Request, what: str) -> Response:
         tenant_id = auth.tenant_scope(who, request.query_params.get("tenant"))
         channel_id = _channel_id(request)
         async with state.pool.connection() as conn:
+            if what == "update":
+                doc = await _json_body(request)
+                updated = await update_channel(
+                    conn, tenant_id, channel_id, doc, by=who.username, user_id=who.user_id
+                )
+                if updated is None:
+                    raise HTTPException(404, f"no notification channel {channel_id}")
+                return JSONResponse(updated.to_json())
             if what == "delete":
                 if not await delete_channel(
                     conn, tenant_id, channel_id, by=who.username, user_id=who.user_id
@@ -725,7 +791,7 @@ async def _handle(request: Request, what: str) -> Response:
     except ChannelError as exc:
         return replies.error(400, str(exc), field=exc.field)
     except auth.ParamError as exc:
-        return replies.error(400 if what == "add" else 422, str(exc.detail))
+        return replies.error(400 if what in ("add", "update") else 422, str(exc.detail))
     except HTTPException as exc:
         return replies.error(
             exc.status_code, str(exc.detail), headers=dict(exc.headers) if exc.headers else None
@@ -739,7 +805,7 @@ async def channels_endpoint(request: Request) -> Response:
 
 
 async def channel_endpoint(request: Request) -> Response:
-    return await _handle(request, "delete")
+    return await _handle(request, "delete" if request.method == "DELETE" else "update")
 
 
 async def channel_test_endpoint(request: Request) -> Response:
@@ -750,7 +816,7 @@ def routes() -> list[BaseRoute]:
     """The notification routes, to mount in the collector app (before the console)."""
     return [
         Route("/api/v1/notify/channels", channels_endpoint, methods=["GET", "POST"]),
-        Route("/api/v1/notify/channels/{id}", channel_endpoint, methods=["DELETE"]),
+        Route("/api/v1/notify/channels/{id}", channel_endpoint, methods=["PATCH", "DELETE"]),
         Route("/api/v1/notify/channels/{id}/test", channel_test_endpoint, methods=["POST"]),
     ]
 
@@ -864,6 +930,37 @@ def openapi_paths() -> dict[str, Any]:
             },
         },
         "/api/v1/notify/channels/{id}": {
+            "patch": {
+                "operationId": "notify_channel_update",
+                "summary": "Enable or disable a channel, change its min_severity or name",
+                "tags": ["notifications"],
+                "parameters": [id_param, tenant_param],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "enabled": {"type": "boolean"},
+                                    "min_severity": {"type": "string", "enum": list(SEVERITIES)},
+                                    "name": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": ok("the channel", channel),
+                    **errors(
+                        _400="bad field (named in `field`)",
+                        _404="no such channel in the tenant",
+                        _415="the body is not application/json",
+                        **admin,
+                    ),
+                },
+                "security": security,
+            },
             "delete": {
                 "operationId": "notify_channel_delete",
                 "summary": "Delete a notification channel",
@@ -874,7 +971,7 @@ def openapi_paths() -> dict[str, Any]:
                     **errors(_404="no such channel in the tenant", **admin),
                 },
                 "security": security,
-            }
+            },
         },
         "/api/v1/notify/channels/{id}/test": {
             "post": {

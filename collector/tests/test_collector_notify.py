@@ -484,6 +484,26 @@ def test_channel_api_roles_tenants_and_bad_input(served: Served) -> None:
     assert "test notification" in served.smtp.inbox.mails[-1].message["Subject"]
     r = served.api("POST", f"{CHANNELS}/{hook['id']}/test")
     assert r.status_code == 502 and "HTTP 500" in r.json()["error"]
+    # change: enable/disable, min_severity, name; nothing else
+    path = f"{CHANNELS}/{mail['id']}"
+    r = served.api("PATCH", path, json={"enabled": False, "min_severity": "critical"})
+    assert r.status_code == 200 and (r.json()["enabled"], r.json()["min_severity"]) == (
+        False, "critical",
+    )  # fmt: skip
+    assert served.api("PATCH", path, "a_viewer", json={"enabled": True}).status_code == 403
+    assert served.api("PATCH", path, "b_admin", json={"enabled": True}).status_code == 404
+    for doc, field in (
+        ({"min_severity": "loud"}, "min_severity"),
+        ({"target": "x@example.net"}, "target"),
+        ({"enabled": "no"}, "enabled"),
+        ({}, "enabled"),
+    ):
+        r = served.api("PATCH", path, json=doc)
+        assert (r.status_code, r.json()["field"]) == (400, field), doc
+    r = served.api("PATCH", path, json={"enabled": True, "name": " NOC "})
+    assert (r.json()["enabled"], r.json()["name"], r.json()["target"]) == (
+        True, "NOC", "noc@acme.example",
+    )  # fmt: skip
     # delete, audited
     assert served.api("DELETE", f"{CHANNELS}/{hook['id']}").status_code == 200
     assert served.api("DELETE", f"{CHANNELS}/{hook['id']}").status_code == 404
@@ -496,6 +516,8 @@ def test_channel_api_roles_tenants_and_bad_input(served: Served) -> None:
             ("notify.channel_add", "a_admin"),
             ("notify.channel_test", "a_admin"),
             ("notify.channel_test", "a_admin"),
+            ("notify.channel_update", "a_admin"),
+            ("notify.channel_update", "a_admin"),
             ("notify.channel_delete", "a_admin"),
         ]
         # the reader role cannot read a webhook's secret, even for its own tenant
@@ -505,6 +527,7 @@ def test_channel_api_roles_tenants_and_bad_input(served: Served) -> None:
     doc = served.api("GET", "/api/v1/openapi.json").json()
     assert {"get", "post"} <= set(doc["paths"][CHANNELS])
     assert "post" in doc["paths"][CHANNELS + "/{id}/test"]
+    assert {"patch", "delete"} == set(doc["paths"][CHANNELS + "/{id}"])
 
 
 def test_serve_delivers_a_new_alert_through_its_loop(served: Served) -> None:
@@ -589,6 +612,10 @@ def test_cli_notify(
     assert cli.main(["notify", "test", str(channel), "--tenant", "bravo", *db]) == 0
     assert served.smtp.inbox.mails[before].rcpt_tos == ["cli@bravo.example"]
     assert cli.main(["notify", "test", str(channel), "--tenant", "acme", *db]) == 1  # not acme's
+    assert cli.main(["notify", "disable", str(channel), "--tenant", "bravo", *db]) == 0
+    assert cli.main(["notify", "list", "--tenant", "bravo", *db]) == 0
+    assert f"{channel}\temail\tcli@bravo.example\tcritical\tdisabled" in capsys.readouterr().out
+    assert cli.main(["notify", "enable", str(channel), "--tenant", "acme", *db]) == 1
     assert cli.main(["notify", "delete", str(channel), "--tenant", "bravo", *db]) == 0
     with psycopg.connect(served.server.database_url) as conn:
         rows = conn.execute(
@@ -599,6 +626,7 @@ def test_cli_notify(
         "notify.channel_add",
         "notify.channel_add",
         "notify.channel_test",
+        "notify.channel_update",
         "notify.channel_delete",
     ]
 
