@@ -117,7 +117,9 @@ def create_app(settings: Settings) -> Starlette:
         notifier = asyncio.create_task(  # alert emails and webhooks (docs/notifications.md)
             notify.Notifier(settings, pool).run_forever(), name="cdrstats-notify"
         )
-        evaluator = Evaluator(settings.database_url, url=settings.url)  # rules (docs/rules.md)
+        evaluator = Evaluator(  # rules (docs/rules.md)
+            settings.database_url, url=settings.url, limits=commands.limits(settings)
+        )
         evaluator.start()
         log.info("collector_started", url=settings.url)
         try:

@@ -672,7 +672,7 @@ async def _json_body(request: Request) -> dict[str, Any]:
 OWN_ADDRESSES_TTL_S = 300.0
 
 
-async def _own_addresses(request: Request) -> set[IPAddress]:
+async def own_addresses(request: Request) -> set[IPAddress]:
     """The collector's addresses, looked up at most every 5 minutes per process."""
     cached: tuple[float, set[IPAddress]] | None = getattr(
         request.app.state, "cdrstats_own_addresses", None
@@ -701,7 +701,7 @@ async def _user_command(request: Request, verb: str) -> Response:
         args: dict[str, Any] = {"ip": doc.get("ip"), "dry_run": bool(doc.get("dry_run"))}
         if verb == "block_ip":
             args["ttl"] = doc.get("ttl", state.settings.default_block_ttl_s)
-        own = await _own_addresses(request)
+        own = await own_addresses(request)
         async with state.pool.connection() as conn:
             row = await create_command(
                 conn,

@@ -461,8 +461,12 @@ async def _block(
     ob: Observation,
     alert_id: int,
     own: Callable[[], set[IPAddress]],
+    limits: commands.Limits | None,
 ) -> dict[str, Any]:
     base = {"verb": "block_ip", "ip": ob.ip, "switch": ob.switch, "ttl": rule["block_ttl_s"]}
+    limited = limits or commands.Limits(
+        command_ttl_s=commands.COMMAND_TTL_S, max_active_blocks=commands.MAX_ACTIVE_BLOCKS
+    )
     try:
         cmd = await commands.create_command(
             conn,
@@ -472,6 +476,7 @@ async def _block(
             args={"ip": ob.ip, "ttl": rule["block_ttl_s"]},
             issued_by=f"rule:{rule['name']}",
             own_addresses=own,
+            **limited,
         )
     except (commands.CommandError, keys.NoCollectorKey) as exc:
         await audit.record(
@@ -494,6 +499,7 @@ async def _apply(
     observed: list[Observation],
     now: datetime,
     own: Callable[[], set[IPAddress]],
+    limits: commands.Limits | None = None,
 ) -> list[Change]:
     tid, rid, name = rule["tenant_id"], rule["id"], rule["name"]
     by = f"rule:{name}"
@@ -517,7 +523,7 @@ async def _apply(
                     )
                     action = None
                     if rule["action"] == "block_source_ip" and ob.ip and ob.switch:
-                        action = await _block(conn, rule, ob, int(alert["id"]), own)
+                        action = await _block(conn, rule, ob, int(alert["id"]), own, limits)
                         await alerts.set_action(conn, tid, int(alert["id"]), action)
                     await alerts.notify(conn, alert)
             except pgerrors.UniqueViolation:
@@ -556,12 +562,14 @@ async def evaluate(
     tenant_id: int | None = None,
     own_addresses: Callable[[], set[IPAddress]] = set,
     due: Callable[[dict[str, Any]], bool] | None = None,
+    limits: commands.Limits | None = None,
 ) -> list[Change]:
     """Run every enabled rule (of `tenant_id`, or of all tenants) at `now`; the changes made.
 
     `conn` must be in autocommit mode: each alert change is its own transaction. A rule whose
     query fails is logged and skipped (the others still run). `due(rule)` False skips a rule
     this time (the background evaluator's schedule, see `recheck_s`).
+    `limits` are the `[commands]` limits for the blocks rules make (`commands.limits`).
     """
     if not conn.autocommit:
         raise ValueError("evaluate() needs a connection in autocommit mode")
@@ -586,7 +594,7 @@ async def evaluate(
                 observed = await _observe_event(conn, rule, now, lists[tid])
             else:
                 observed = await _observe_metric(conn, rule, now)
-            changes += await _apply(conn, rule, observed, now, own_addresses)
+            changes += await _apply(conn, rule, observed, now, own_addresses, limits)
         except psycopg.OperationalError:
             raise
         except (psycopg.Error, KeyError, ValueError, TypeError) as exc:
@@ -616,8 +624,11 @@ class Evaluator:
         tick_s: float = 30.0,
         min_interval_s: float = 1.0,
         own_addresses_ttl_s: float = 300.0,
+        limits: commands.Limits | None = None,
     ) -> None:
         self.database_url = database_url
+        self.limits = limits
+        """`[commands]` limits for the blocks rules make (commands.limits(settings))."""
         self.url = url
         self.tick_s = tick_s
         self.min_interval_s = min_interval_s
@@ -714,7 +725,7 @@ class Evaluator:
                 self._last[rid] = now
                 return True
 
-            changes = await evaluate(conn, own_addresses=lambda: own, due=due)
+            changes = await evaluate(conn, own_addresses=lambda: own, due=due, limits=self.limits)
             self.runs += 1
             if changes:
                 log.info(

@@ -60,7 +60,7 @@ async def _render(
     for a in rows:
         for key in _TIMES:
             a[key + "_text"] = _utc(a.get(key))
-        detail = a.get("detail") if isinstance(a.get("detail"), dict) else {}
+        detail: dict[str, Any] = a["detail"] if isinstance(a.get("detail"), dict) else {}
         a["source_ip"] = detail.get("source_ip") or ""
         a["switch"] = detail.get("switch") or ""
         a["detail_items"] = [

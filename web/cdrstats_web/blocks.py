@@ -148,10 +148,11 @@ async def _command(console: Console, request: Request, verb: str) -> Response:
     who, tenant, _ = await console.tenant_context(request)
     if who.role not in ADMIN_ROLES:
         raise HTTPException(403, "only a tenant admin may block or unblock an address")
-    values = {
+    settings = get_state(request).settings
+    values: dict[str, Any] = {
         "switch": str(form.get("switch") or "").strip()[:100],
         "ip": str(form.get("ip") or "").strip()[:100],
-        "ttl": str(form.get("ttl") or "1h").strip()[:20],
+        "ttl": str(form.get("ttl") or settings.default_block_ttl_s).strip()[:20],
         "dry_run": bool(form.get("dry_run")),
     }
     problem = None
@@ -164,7 +165,7 @@ async def _command(console: Console, request: Request, verb: str) -> Response:
     args: dict[str, Any] = {"ip": values["ip"], "dry_run": values["dry_run"]}
     if verb == "block_ip":
         args["ttl"] = values["ttl"]
-    own = await commands._own_addresses(request)
+    own = await commands.own_addresses(request)
     try:
         async with get_state(request).pool.connection() as conn:
             row = await commands.create_command(
@@ -176,6 +177,7 @@ async def _command(console: Console, request: Request, verb: str) -> Response:
                 issued_by=who.username,
                 user_id=who.user_id,
                 own_addresses=lambda: own,
+                **commands.limits(settings),
             )
     except commands.NotFound as exc:
         return await _render(console, request, {"error": str(exc), "form": values}, 404)
