@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import io
 import json
-import os
 import re
 import secrets
 import tempfile
@@ -61,9 +60,6 @@ from .state import get_state
 log = logs.get_logger("cdrstats.collector.imports")
 
 ADMIN_ROLES = ("superadmin", "tenant_admin")
-ENV_UPLOAD_DIR = "CDRSTATS_UPLOAD_DIR"
-ENV_MAX_UPLOAD_MB = "CDRSTATS_MAX_UPLOAD_MB"
-DEFAULT_MAX_UPLOAD_BYTES = 2048 << 20
 MAX_FIELD_BYTES = 64 * 1024
 MAX_RUNNING = 2
 """Imports running at once in one collector process; more are refused with 429."""
@@ -90,22 +86,16 @@ class BadRequest(HTTPException):
 
 
 def upload_dir(request: Request) -> Path:
-    """`[import] upload_dir` when the settings have it, else $CDRSTATS_UPLOAD_DIR, else
-    `<temp dir>/cdrstats-imports`."""
-    configured = getattr(get_state(request).settings, "upload_dir", "") or os.environ.get(
-        ENV_UPLOAD_DIR, ""
-    )
+    """`[import] upload_dir`, by default `<temp dir>/cdrstats-imports`."""
+    configured = get_state(request).settings.upload_dir
     path = Path(configured) if configured else Path(tempfile.gettempdir()) / "cdrstats-imports"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
 
 
 def max_upload_bytes(request: Request) -> int:
-    configured = getattr(get_state(request).settings, "max_upload_bytes", 0)
-    if configured:
-        return int(configured)
-    env = os.environ.get(ENV_MAX_UPLOAD_MB, "")
-    return int(env) << 20 if env.isdigit() and int(env) > 0 else DEFAULT_MAX_UPLOAD_BYTES
+    """`[import] max_upload_mb` in bytes."""
+    return get_state(request).settings.max_upload_bytes
 
 
 def _sweep_files(folder: Path, keep: set[str], older_than_s: float = 86400.0) -> None:

@@ -41,6 +41,10 @@ The database URL comes from, in order: `--database-url`, the environment variabl
     max_attempts = 5          # deliveries of one alert before it is marked failed
     retry_s = 30              # first retry after this, doubled each time (at most 1 h)
 
+    [import]                  # docs/csv-import.md: uploads through the console and the API
+    upload_dir = ""           # "" : <system temp dir>/cdrstats-imports (created 0700)
+    max_upload_mb = 2048      # a larger upload is refused (413)
+
     [live]
     stale_s = 90              # a source's live calls are forgotten after this long without
                               # news from it (keep >= 3 x the plugins' snapshot interval)
@@ -110,6 +114,8 @@ class Settings:
     webhook_timeout_s: float = 10.0
     notify_max_attempts: int = 5
     notify_retry_s: float = 30.0
+    upload_dir: str = ""
+    max_upload_bytes: int = 2048 << 20
 
     @property
     def url(self) -> str:
@@ -144,6 +150,7 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
     ingest = Options(top.table("ingest", {}), "ingest")
     cmds = Options(top.table("commands", {}), "commands")
     notify = Options(top.table("notify", {}), "notify")
+    imports = Options(top.table("import", {}), "import")
     top.finish()
     file_url = db.text("url", None)
     defaults = Settings(database_url="")
@@ -192,8 +199,13 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
             "max_attempts", defaults.notify_max_attempts, minimum=1
         ),
         "notify_retry_s": notify.number("retry_s", defaults.notify_retry_s, minimum=0.01),
+        "upload_dir": imports.text("upload_dir", defaults.upload_dir),
+        "max_upload_bytes": imports.integer(
+            "max_upload_mb", defaults.max_upload_bytes >> 20, minimum=1
+        )
+        << 20,
     }
-    for opts in (db, server, maint, live, keep, ingest, cmds, notify):
+    for opts in (db, server, maint, live, keep, ingest, cmds, notify, imports):
         opts.finish()
     cdr_days, agg_days = values["cdr_retention_days"], values["aggregate_retention_days"]
     if agg_days and (cdr_days == 0 or agg_days < cdr_days):

@@ -46,6 +46,7 @@ def test_url_only_needs_no_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
         ('[database]\nurl = "u"\n[server]\nport = 70000\n', "server.port: must be at most"),
         ('[database]\nurl = "u"\n[sever]\n', "sever: is not a known option"),
         ('[database]\nurl = "u"\n[ingest]\naggregates = "no"\n', "ingest.aggregates: must be"),
+        ('[database]\nurl = "u"\n[import]\nmax_upload_mb = 0\n', "import.max_upload_mb: must be"),
     ],
 )
 def test_errors_name_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -55,3 +56,13 @@ def test_errors_name_key_and_file(tmp_path: Path, text: str, message: str) -> No
         settings.load(None, config, {})
     assert str(info.value).startswith(f"{config}: ")
     assert message in str(info.value)
+
+
+def test_import_uploads(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[database]\nurl = "u"\n[import]\nupload_dir = "/srv/up"\nmax_upload_mb = 5\n'
+    )
+    loaded = settings.load(None, config, {})
+    assert (loaded.upload_dir, loaded.max_upload_bytes) == ("/srv/up", 5 * 1024 * 1024)
+    assert settings.Settings("u").max_upload_bytes == 2048 * 1024 * 1024
