@@ -32,8 +32,9 @@ import multiprocessing
 import os
 import re
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty, Full
@@ -59,10 +60,28 @@ MAX_REJECTS_KEPT = 10_000
 MAX_RAW_CHARS = 1_000
 """The raw text of a rejected row is kept up to this length."""
 STORE_RETRIES = 3
+NOTIFY_INTERVAL_S = 0.5
+NOTIFY_STEPS = 10
+"""A running job sends a progress NOTIFY after a batch when NOTIFY_INTERVAL_S passed since
+the last one, or when the batch reaches another 1/NOTIFY_STEPS of the file (a progress bar
+moves in steps of 10 % at least, and at most a few times a second); plus one when the job
+starts and one when it ends."""
+
+
+def _usable_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 WORKER_MIN_BYTES = 8 << 20
-"""Files this large are mapped in a child process (a second core) while this one stores."""
-WORKERS = max(1, min(4, os.cpu_count() or 1))
-"""Mapping processes for a large file."""
+"""Files this large are mapped in child processes when `WORKERS` > 0."""
+WORKERS = max(0, min(4, _usable_cpus() - 2))
+"""Mapping processes for a large file: the cores left once this process (cutting records,
+storing) and its PostgreSQL backend have one each. 0 (2 cores or fewer): the file is mapped
+in a thread of this process, which measured faster there than mapping processes (their
+pickling costs ~10 µs of CPU a row; see docs/csv-import.md)."""
 
 BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
     name: {"preset": name} for name in PRESET_NAMES if name != "freeswitch-template"
@@ -356,6 +375,14 @@ class Progress:
     rejected: int = 0
     error: str | None = None
     rejects_kept: int = 0
+    bytes_read: int = 0
+    """Bytes of the file read up to the last row counted (for a percentage)."""
+    bytes_total: int = 0
+    """The file's size."""
+    notified_at: float = 0.0
+    """When the last progress NOTIFY was sent (monotonic clock)..."""
+    notified_step: int = 0
+    """...and the step of the file (NOTIFY_STEPS) it had reached."""
 
     def payload(self) -> str:
         return json.dumps(
@@ -368,6 +395,8 @@ class Progress:
                 "duplicates": self.duplicates,
                 "rejected": self.rejected,
                 "error": self.error,
+                "bytes_read": self.bytes_read,
+                "bytes_total": self.bytes_total,
             }
         )
 
@@ -378,6 +407,8 @@ class _Batch:
     lines: list[int] = field(default_factory=list)
     rejects: list[tuple[int, str, str]] = field(default_factory=list)
     read: int = 0
+    offset: int = 0
+    """File position after the batch's last record (0: unknown)."""
 
 
 _PROGRESS = (
@@ -436,14 +467,20 @@ class Importer:
         created_by: str = "",
         job_id: uuid.UUID | None = None,
         file_name: str | None = None,
+        options: dict[str, Any] | None = None,
     ) -> Progress:
         """Import `path`; returns the finished job's counters.
 
+        `options` (a mapping given directly, e.g. from the console's mapping page) replaces
+        the profile; `profile_name` is then only the label kept in the job row.
         Raises ConfigError / InvalidArgument for a bad or unknown profile (no job is created),
         CsvImportError when the file cannot be read as CSV at all (the job is recorded as
         failed with the same message).
         """
-        profile = await load_profile(self.conn, self.tenant_id, profile_name)
+        if options is not None:
+            profile = dict(options)
+        else:
+            profile = await load_profile(self.conn, self.tenant_id, profile_name)
         tenant_zone = await self._tenant_timezone()
         size, sample = await asyncio.to_thread(_head, path)
         job = Progress(job_id or uuid.uuid4(), self.tenant_id)
@@ -496,6 +533,8 @@ class Importer:
                     created_by,
                 ),
             )
+            job.bytes_total = size
+            job.notified_at = time.monotonic()
             await self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, job.payload()))
 
     async def _fail(self, job: Progress, message: str) -> None:
@@ -528,12 +567,21 @@ class Importer:
                 "job": job.job_id,
             },
         )
-        await self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, job.payload()))
+        now = time.monotonic()
+        step = job.bytes_read * NOTIFY_STEPS // job.bytes_total if job.bytes_total else 0
+        if (
+            job.status != "running"
+            or now - job.notified_at >= NOTIFY_INTERVAL_S
+            or step > job.notified_step
+        ):
+            job.notified_at, job.notified_step = now, step
+            await self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, job.payload()))
         job.rejects_kept += len(keep)
 
     async def _update(self, job: Progress, batch: _Batch) -> None:
         job.rows_read += batch.read
         job.rejected += len(batch.rejects)
+        job.bytes_read = max(job.bytes_read, batch.offset)
         async with self.conn.transaction():
             await self._write_progress(job, batch)
         if self.on_progress is not None:
@@ -555,9 +603,11 @@ class Importer:
                 job.rejected += len(batch.rejects)
                 job.imported += accepted
                 job.duplicates += counted - accepted
+                before, job.bytes_read = job.bytes_read, max(job.bytes_read, batch.offset)
                 try:
                     await self._write_progress(job, batch)
                 except BaseException:
+                    job.bytes_read = before
                     job.rows_read -= batch.read
                     job.rejected -= len(batch.rejects)
                     job.imported -= accepted
@@ -604,19 +654,36 @@ class Importer:
         self, path: Path, options: dict[str, Any], bom: bool, size: int, job: Progress
     ) -> None:
         self._inflight = None
+        job.bytes_total = size
         try:
-            if size >= WORKER_MIN_BYTES:
+            if WORKERS > 0 and size >= WORKER_MIN_BYTES:
                 await self._stream_worker(path, options, bom, job)
             else:
-                for batch in map_batches(path, options, bom, BATCH_ROWS):
-                    await self._submit(job, batch)
+                await self._stream_thread(path, options, bom, job)
             await self._drain()
+            job.bytes_read = size
         finally:
             task, self._inflight = self._inflight, None
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+    async def _stream_thread(
+        self, path: Path, options: dict[str, Any], bom: bool, job: Progress
+    ) -> None:
+        """Map in a thread while the event loop stores: PostgreSQL works on batch N (COPY,
+        aggregates) while batch N+1 is mapped."""
+        batches = map_batches(path, options, bom, BATCH_ROWS)
+        try:
+            while True:
+                batch = await asyncio.to_thread(next, batches, None)
+                if batch is None:
+                    return
+                await self._submit(job, batch)
+        finally:
+            with contextlib.suppress(ValueError):  # still running in its thread: it ends alone
+                batches.close()
 
     async def _stream_worker(
         self, path: Path, options: dict[str, Any], bom: bool, job: Progress
@@ -685,18 +752,22 @@ class Importer:
         sent = 0
         header: tuple[str, ...] | None = None
         records: list[tuple[int, bytes]] = []
+        offset = 0
         chunks = _records(path, mapping, bom)
         while True:
             got = await asyncio.to_thread(next, chunks, None)
             if got is None:
                 break
-            header, split = got
+            header, split, base = got
             for record in split:
                 records.append((record.line, record.data))
                 if len(records) >= BATCH_ROWS:
-                    await asyncio.to_thread(_put, tasks, (sent, header, records), stop)
+                    offset = base + record.end
+                    await asyncio.to_thread(_put, tasks, (sent, header, records, offset), stop)
                     sent, records = sent + 1, []
-        await asyncio.to_thread(_put, tasks, (sent, header, records), stop)
+            if split:
+                offset = base + split[-1].end
+        await asyncio.to_thread(_put, tasks, (sent, header, records, offset), stop)
         for _ in range(workers):
             await asyncio.to_thread(_put, tasks, None, stop)
         return sent + 1
@@ -726,7 +797,7 @@ def _receive(queue: Any, workers: list[Any], stop: threading.Event) -> tuple[str
 
 
 def _map_worker(options: dict[str, Any], tasks: Any, results: Any) -> None:
-    """Child process: map (seq, header, [(line, record bytes)]) tasks until None; put
+    """Child process: map (seq, header, [(line, record bytes)], offset) tasks until None; put
     ("batch", seq, _Batch) or ("error", -1, message) on `results`."""
     try:
         mapping = mapping_from_options(options, "profile")
@@ -735,8 +806,8 @@ def _map_worker(options: dict[str, Any], tasks: Any, results: Any) -> None:
             task = tasks.get()
             if task is None:
                 return
-            seq, header, records = task
-            batch = _Batch()
+            seq, header, records, offset = task
+            batch = _Batch(offset=offset)
             for line, data in records:
                 _map_one(mapping, header, line, data, batch, limits)
             results.put(("batch", seq, batch))
@@ -746,8 +817,9 @@ def _map_worker(options: dict[str, Any], tasks: Any, results: Any) -> None:
 
 def _records(
     path: Path, mapping: Mapping, bom: bool
-) -> Iterator[tuple[tuple[str, ...] | None, list[RawRecord]]]:
-    """(header, records) per `CHUNK_BYTES` chunk of the file; the header line is consumed.
+) -> Iterator[tuple[tuple[str, ...] | None, list[RawRecord], int]]:
+    """(header, records, base) per `CHUNK_BYTES` chunk of the file; the header line is
+    consumed. `base + record.end` is the file position after a record.
 
     Raises CsvImportError when the header line is unusable or missing.
     """
@@ -755,6 +827,7 @@ def _records(
     want_header = mapping.header
     line = 1
     buf = b""
+    base = 3 if bom else 0
     with open(path, "rb") as fh:
         if bom:
             fh.read(3)
@@ -779,7 +852,8 @@ def _records(
                     raise CsvImportError(f"line {records[0].line}: {parsed.reason}")
                 header, records = parsed, records[1:]
             if records:
-                yield header, records
+                yield header, records, base
+            base += split.consumed
             if final:
                 break
     if want_header and header is None:
@@ -819,7 +893,7 @@ def _map_one(
 
 def map_batches(
     path: Path, options: dict[str, Any], bom: bool, batch_rows: int
-) -> Iterator[_Batch]:
+) -> Generator[_Batch, None, None]:
     """The file's records mapped to wire rows (and rejects), `batch_rows` CDRs at a time.
 
     Reads `CHUNK_BYTES` at a time (flat memory); the last batch may be empty. Raises
@@ -828,12 +902,14 @@ def map_batches(
     mapping = mapping_from_options(options, "profile")
     limits = (store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US)
     batch = _Batch()
-    for header, records in _records(path, mapping, bom):
+    for header, records, base in _records(path, mapping, bom):
         for record in records:
             _map_one(mapping, header, record.line, record.data, batch, limits)
             if len(batch.rows) >= batch_rows:
+                batch.offset = base + record.end
                 yield batch
                 batch = _Batch()
+        batch.offset = base + records[-1].end
         if len(batch.rejects) >= batch_rows:
             yield batch
             batch = _Batch()

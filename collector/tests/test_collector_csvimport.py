@@ -106,6 +106,8 @@ async def test_semicolons_decimal_commas_latin1_and_several_date_formats(
         "duplicates": 0,
         "rejected": 2,
         "error": None,
+        "bytes_read": path.stat().st_size,
+        "bytes_total": path.stat().st_size,
     }
 
 
@@ -319,6 +321,7 @@ async def test_mapping_in_a_worker_process_gives_the_same_result(
     database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, worker: bool
 ) -> None:
     monkeypatch.setattr(csvimport, "WORKER_MIN_BYTES", 0 if worker else 1 << 40)
+    monkeypatch.setattr(csvimport, "WORKERS", 2)
     monkeypatch.setattr(csvimport, "BATCH_ROWS", 4)
     tid, sid = tenant(database_url)
     save_profile(database_url, tid, "carrier", CARRIER)
@@ -406,3 +409,117 @@ def test_preview_guesses_fields_and_maps_the_first_rows() -> None:
     assert nothing.problem is not None and "fields.start: is required" in nothing.problem
     with pytest.raises(csvdetect.NotText):
         csvimport.preview(b"", complete=True)
+
+
+async def test_tab_separated_latin1_without_header_columns_by_number(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A switch export with no header: columns by number, tabs, Latin-1 (a byte cp1252 does
+    not define, so detection falls back to Latin-1), day-first dates, HH:MM:SS durations."""
+    tid, sid = tenant(database_url)
+    save_profile(
+        database_url,
+        tid,
+        "tabs",
+        {
+            "fields": {"start": 1, "caller": 2, "caller_name": 3, "callee": 4, "duration": 5},
+            "key": 6,
+            "duration_unit": "hms",
+            "time_format": ["%d.%m.%Y %H:%M:%S", "%Y-%m-%d %H:%M:%S"],
+        },
+    )
+    rows = [
+        "05.01.2025 10:00:00\t100\tJosé Muñoz\t200\t00:01:05\tT1",  # line 1
+        "2025-01-05 10:01:00\t101\tSøren \x81\t201\t1:00\tT2",  # line 2: \x81 (Latin-1 only)
+        "05.01.2025 10:02:00\t102\tAnaïs\t202\t00:61:00\tT3",  # line 3: bad duration
+        "05.01.2025 10:03:00\t103",  # line 4: missing columns
+        "05.01.2025 10:04:00\t104\tÉlodie\t204\t00:00:09\tT5",  # line 5
+    ]
+    path = tmp_path / "export.txt"
+    path.write_bytes("\n".join(rows).encode("latin-1") + b"\n")
+    job = await run_import(database_url, tid, sid, path, "tabs")
+    assert (job.rows_read, job.imported, job.rejected) == (5, 3, 2)
+    stored = {r["key"]: r for r in cdrs(database_url, tid)}
+    assert sorted(stored) == ["T1", "T2", "T5"]
+    assert stored["T1"]["caller_name"] == "José Muñoz" and stored["T1"]["duration"] == 65
+    assert stored["T2"]["caller_name"] == "Søren \x81" and stored["T2"]["duration"] == 60
+    assert stored["T5"]["caller_name"] == "Élodie"
+    reasons = rejects(database_url, tid, job.job_id)
+    assert [line for line, _ in reasons] == [3, 4]
+    assert "column 5: not a duration in HH:MM:SS: '00:61:00'" in reasons[0][1]
+    assert reasons[1][1] == "has 2 columns, fields.callee needs column 4"
+    options = job_row(database_url, tid, job.job_id)["options"]
+    assert (options["delimiter"], options["encoding"], options["header"]) == (
+        "\t",
+        "latin-1",
+        False,
+    )
+
+
+async def test_pipe_separated_crlf_with_open_quote_at_the_end(
+    database_url: str, tmp_path: Path
+) -> None:
+    """`|` delimiter, CRLF line ends, a row whose quote never closes before the end of the
+    file (a cut download): the rows before it are imported, it is rejected with its line."""
+    tid, sid = tenant(database_url)
+    save_profile(
+        database_url,
+        tid,
+        "pipes",
+        {"fields": {"start": "when", "callee": "to", "billsec": "billed"}, "key": "ref"},
+    )
+    text = (
+        "ref|when|to|billed|memo\r\n"
+        'P1|2025-01-05 10:00:00|200|12|"a | b"\r\n'
+        "P2|2025-01-05 10:01:00|201|13|\r\n"
+        "\r\n"
+        'P3|2025-01-05 10:02:00|202|14|"cut here'
+    )
+    path = tmp_path / "pipes.csv"
+    path.write_bytes(text.encode())
+    job = await run_import(database_url, tid, sid, path, "pipes")
+    assert (job.rows_read, job.imported, job.rejected) == (3, 2, 1)
+    stored = {r["key"]: r for r in cdrs(database_url, tid)}
+    assert stored["P1"]["extra"]["memo"] == "a | b" and stored["P2"]["billsec"] == 13
+    reasons = rejects(database_url, tid, job.job_id)
+    assert len(reasons) == 1 and reasons[0][0] == 5 and "malformed CSV" in reasons[0][1]
+    assert job_row(database_url, tid, job.job_id)["options"]["delimiter"] == "|"
+
+
+async def test_progress_notifies_are_spaced_and_carry_bytes(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Progress NOTIFYs: one at the start, then after a batch only when NOTIFY_INTERVAL_S
+    passed or another 1/NOTIFY_STEPS of the file was read (the job row is still updated with
+    every batch), one at the end; bytes_read grows to bytes_total (the file size)."""
+    monkeypatch.setattr(csvimport, "BATCH_ROWS", 2)
+    monkeypatch.setattr(csvimport, "NOTIFY_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(csvimport, "NOTIFY_STEPS", 2)  # halves: 5 batches, 1 NOTIFY between
+    tid, sid = tenant(database_url)
+    save_profile(database_url, tid, "carrier", CARRIER)
+    path = _carrier_file(
+        tmp_path / "p.csv", [f"N{i};05/01/2025 10:{i:02d}:00;1;N;2;1" for i in range(9)]
+    )
+    size = path.stat().st_size
+    notes: list[dict[str, Any]] = []
+    job = await run_import(database_url, tid, sid, path, "carrier", notes=notes)
+    progress = [n for n in notes if n["channel"] == csvimport.NOTIFY_CHANNEL]
+    assert [(n["status"], n["rows_read"]) for n in progress] == [
+        ("running", 0),
+        ("running", 4),  # the batch that passed the middle of the file
+        ("running", 9),  # the batch that reached its end
+        ("done", 9),
+    ]
+    assert [n["bytes_read"] for n in progress][2:] == [size, size]
+    assert size / 2 <= progress[1]["bytes_read"] < size
+    assert {n["bytes_total"] for n in progress} == {size}
+    assert len([n for n in notes if n["channel"] == "cdr_ingest"]) == 5  # batches of 2
+    assert job.bytes_read == size
+    # with no spacing, every batch notifies, and bytes_read grows with the rows
+    monkeypatch.setattr(csvimport, "NOTIFY_INTERVAL_S", 0.0)
+    notes.clear()
+    await run_import(database_url, tid, sid, path, "carrier", notes=notes)
+    progress = [n for n in notes if n["channel"] == csvimport.NOTIFY_CHANNEL]
+    read = [n["bytes_read"] for n in progress]
+    assert len(progress) == 7 and read == sorted(read) and 0 < read[1] < read[-3] < size
+    assert progress[-1]["bytes_read"] == size and progress[-1]["duplicates"] == 9
