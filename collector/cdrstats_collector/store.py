@@ -4,7 +4,10 @@ Pure data layer (no HTTP). For one batch of one agent, in ONE transaction:
 
 1. lock the agent row (`FOR NO KEY UPDATE`), then look up `(agent, seq)` in `ingest_batch`:
    unknown/revoked agent, redelivery (same body digest: the stored ack is returned) and
-   replays (409) are decided here, under the lock;
+   replays (409) are decided here, under the lock. The same statement reads the version of
+   `accountcode_map` (count, max id): the mappings are re-read only when it changed, and
+   each row whose accountcode is mapped for this switch (or any switch) gets that tenant
+   instead of the switch's (`assign_tenants`; nothing per row when none is mapped);
 2. load the rows with a binary COPY straight into `cdr`, inside a savepoint. If a row is
    already there (unique_violation on the natural key), roll back to the savepoint and load
    through the per-connection staging table with `INSERT ... ON CONFLICT DO NOTHING`,
@@ -12,9 +15,11 @@ Pure data layer (no HTTP). For one batch of one agent, in ONE transaction:
 3. classify each new CDR's destination (classify.py; the switch's numbering plan, the
    tenant's timezone and the dial prefixes are cached per process for `CONTEXT_TTL_S`) —
    done on the prepared rows before loading them — and add the rows really inserted to the
-   aggregates in one statement (aggregates.py);
-4. record the batch with its ack, advance the agent's `last_seq`, and
-   `NOTIFY cdr_ingest` once (delivered at commit).
+   aggregates in one statement per tenant of the batch (aggregates.py; one unless account
+   codes are mapped);
+4. record the batch with its ack, advance the agent's `last_seq`, keep the spool status the
+   agent sent with the batch, and `NOTIFY cdr_ingest` once per tenant that got rows
+   (delivered at commit).
 
 Partitions for the months the batch touches are created before, in a short transaction of
 their own (see `partitions.ensure`). Rows are converted once, cheaply: timestamps go to the
