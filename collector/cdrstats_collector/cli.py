@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import contextlib
 import getpass
+import json
 import secrets
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -64,6 +65,7 @@ from . import (
     migrate,
     notify,
     retention,
+    rules,
     settings,
     tenants,
     users,
@@ -585,6 +587,58 @@ def cmd_notify_disable(args: argparse.Namespace) -> int:
     return _notify(args, "disable")
 
 
+def _rule(args: argparse.Namespace, action: str) -> int:
+    cfg = _settings(args)
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(
+            cfg.database_url, autocommit=True, connect_timeout=10
+        ) as conn:
+            tid = await _tenant_id(conn, args.tenant)
+            if action == "add":
+                text = args.file.read_text() if args.file else args.json
+                if not text:
+                    raise UsageError("give the rule as --json '{...}' or --file rule.json")
+                try:
+                    doc = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise UsageError(f"the rule is not valid JSON: {exc}") from None
+                if not isinstance(doc, dict):
+                    raise UsageError("the rule must be a JSON object (docs/rules.md)")
+                rule = await rules.create_rule(conn, tid, doc, actor())
+                print(f"rule {rule['id']}: {rule['name']} ({rule['kind']}, {rule['action']})")
+            elif action == "list":
+                for r in await rules.list_rules(conn, tid):
+                    state = "enabled" if r["enabled"] else "disabled"
+                    params = json.dumps(r["params"], sort_keys=True)
+                    print(
+                        f"{r['id']}\t{r['name']}\t{r['kind']}\t{r['window_s']}s\t{params}"
+                        f"\t{r['action']}\t{state}"
+                    )
+            elif not await rules.delete_rule(conn, tid, args.id, actor()):
+                raise tenants.AdminError(f"tenant {args.tenant!r} has no rule {args.id}")
+            else:
+                print(f"rule {args.id} deleted")
+            return 0
+
+    try:
+        return asyncio.run(run())
+    except rules.RuleError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_rule_add(args: argparse.Namespace) -> int:
+    return _rule(args, "add")
+
+
+def cmd_rule_list(args: argparse.Namespace) -> int:
+    return _rule(args, "list")
+
+
+def cmd_rule_delete(args: argparse.Namespace) -> int:
+    return _rule(args, "delete")
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from . import store
 
@@ -856,6 +910,19 @@ def build_parser() -> argparse.ArgumentParser:
     noff = command(nfy, "disable", cmd_notify_disable, "stop sending through a channel")
     for p in (ntest, ndel, non, noff):
         p.add_argument("id", type=int, help="channel id (see notify list)")
+        p.add_argument("--tenant", required=True)
+
+    rule = sub.add_parser("rule", help="alert and fraud rules (docs/rules.md)").add_subparsers(
+        dest="rule_command", required=True, metavar="COMMAND"
+    )
+    radd = command(rule, "add", cmd_rule_add, "add a rule from its JSON document")
+    rsrc = radd.add_mutually_exclusive_group(required=True)
+    rsrc.add_argument("--json", help='the rule document, e.g. \'{"name": ..., "kind": ...}\'')
+    rsrc.add_argument("--file", type=Path, help="a file holding the rule document")
+    rlist = command(rule, "list", cmd_rule_list, "list a tenant's rules")
+    rdel = command(rule, "delete", cmd_rule_delete, "delete a rule (its alerts are resolved)")
+    rdel.add_argument("id", type=int, help="rule id (see rule list)")
+    for p in (radd, rlist, rdel):
         p.add_argument("--tenant", required=True)
 
     imp = command(sub, "import", cmd_import, "import a CSV file of CDRs (docs/csv-import.md)")

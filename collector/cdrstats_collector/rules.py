@@ -339,7 +339,7 @@ async def create_rule(
             assert row is not None
             out = _row(row)
             await audit.record(
-                conn, tenant_id, user_id, actor, "rule.created", rule["name"], {"rule": rule}
+                conn, tenant_id, user_id, actor, "rule.create", rule["name"], {"rule": rule}
             )
     except pgerrors.UniqueViolation:
         raise RuleError(f"name: a rule named {rule['name']!r} already exists") from None
@@ -387,7 +387,7 @@ async def update_rule(
             out = _row(row)
             changed = {k: rule[k] for k in _EDITABLE if rule[k] != old[k]}
             await audit.record(
-                conn, tenant_id, user_id, actor, "rule.updated", rule["name"], {"changed": changed}
+                conn, tenant_id, user_id, actor, "rule.update", rule["name"], {"changed": changed}
             )
             if not rule["enabled"]:
                 await alerts.resolve_rule_alerts(conn, tenant_id, rule_id, actor, "rule disabled")
@@ -415,7 +415,7 @@ async def delete_rule(
         if row is None:
             return False
         await audit.record(
-            conn, tenant_id, user_id, actor, "rule.deleted", str(row[0]), {"id": rule_id}
+            conn, tenant_id, user_id, actor, "rule.delete", str(row[0]), {"id": rule_id}
         )
     return True
 
@@ -513,7 +513,7 @@ async def set_dest_list(
             tenant_id,
             user_id,
             actor,
-            "dest_list.saved",
+            "dest_list.save",
             name,
             {"prefixes": len(clean), "first": [p for p, _ in clean[:20]]},
         )

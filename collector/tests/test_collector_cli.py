@@ -187,3 +187,33 @@ def test_console_script_db_upgrade(empty_database_url: str) -> None:
         [*cmd, "--database-url", empty_database_url], capture_output=True, text=True
     )
     assert second.returncode == 0 and "up to date" in second.stdout
+
+
+def test_rule_add_list_delete(
+    database_url: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    db = ("--database-url", database_url)
+    assert run(capsys, "tenant", "add", "acme", *db)[0] == 0
+    doc = (
+        '{"name": "scanners", "kind": "scanner", "window_s": 300,'
+        ' "params": {"count": 30}, "action": "block_source_ip"}'
+    )
+    code, out, _ = run(capsys, "rule", "add", "--tenant", "acme", "--json", doc, *db)
+    assert code == 0 and "scanners (scanner, block_source_ip)" in out
+    rule_id = out.split(":")[0].removeprefix("rule ")
+    path = tmp_path / "asr.json"
+    path.write_text(
+        '{"name": "low asr", "kind": "asr", "window_s": 3600, "params": {"op": "below"}}'
+    )
+    code, _, err = run(capsys, "rule", "add", "--tenant", "acme", "--file", str(path), *db)
+    assert code == 2 and err.startswith("cdrstats: params.threshold")
+    code, _, err = run(capsys, "rule", "add", "--tenant", "acme", "--json", "[1", *db)
+    assert code == 2 and "not valid JSON" in err
+    code, out, _ = run(capsys, "rule", "list", "--tenant", "acme", *db)
+    assert code == 0 and out.count("\n") == 1 and '"count": 30' in out and "enabled" in out
+    assert run(capsys, "rule", "delete", rule_id, "--tenant", "acme", *db)[0] == 0
+    code, _, err = run(capsys, "rule", "delete", rule_id, "--tenant", "acme", *db)
+    assert code == 1 and f"has no rule {rule_id}" in err
+    with psycopg.connect(database_url) as conn:
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
+    assert actions.count("rule.create") == 1 and actions.count("rule.delete") == 1

@@ -127,10 +127,10 @@ async def test_rule_storage_is_audited_and_names_are_unique(database_url: str) -
         assert await rules.list_rules(conn, tid) == []
         cur = await conn.execute("SELECT username, action, target FROM audit_log ORDER BY id")
         assert [tuple(r) for r in await cur.fetchall()] == [
-            ("alice", "rule.created", "low ASR"),
-            ("bob", "rule.updated", "low ASR"),
-            ("bob", "rule.updated", "low ASR"),
-            ("bob", "rule.deleted", "low ASR"),
+            ("alice", "rule.create", "low ASR"),
+            ("bob", "rule.update", "low ASR"),
+            ("bob", "rule.update", "low ASR"),
+            ("bob", "rule.delete", "low ASR"),
         ]
 
 

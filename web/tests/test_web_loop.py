@@ -306,10 +306,10 @@ def test_rules_editor(
             (t,),
         ).fetchall()
     assert [a[0] for a in actions] == [
-        "rule.created",
-        "rule.updated",
-        "rule.updated",
-        "rule.deleted",
+        "rule.create",
+        "rule.update",
+        "rule.update",
+        "rule.delete",
     ]
 
 
