@@ -14,6 +14,7 @@ Each piece is started with the same commands an operator uses (`cdrstats ...`,
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import shutil
@@ -45,6 +46,37 @@ TIMEZONES = {
 }
 
 
+DEMO_RULES = [
+    {
+        "name": "Low ASR per switch",
+        "kind": "asr",
+        "window_s": 3600,
+        "params": {"op": "below", "threshold": 45, "clear": 50, "min_calls": 30, "per": "switch"},
+        "severity": "warning",
+    },
+    {
+        "name": "Calls to premium and satellite ranges",
+        "kind": "risk_destination",
+        "window_s": 3600,
+        "params": {"count": 1, "per": "switch"},
+        "severity": "critical",
+    },
+    {
+        "name": "First call to a new country",
+        "kind": "new_country",
+        "window_s": 3600,
+        "severity": "info",
+    },
+    {
+        "name": "Burst of short calls",
+        "kind": "short_calls",
+        "window_s": 300,
+        "params": {"count": 10, "max_billsec": 6, "per": "switch"},
+    },
+]
+"""Rules the demo tenant starts with (docs/rules.md), added with `cdrstats rule add`."""
+
+
 def _bin(name: str) -> str:
     """A console script of this environment (the demo runs from the project's venv)."""
     here = Path(sys.executable).parent / name
@@ -65,6 +97,15 @@ def _run(
             f"demo: {' '.join(args[:3])} failed: {proc.stderr.strip() or proc.stdout.strip()}"
         )
     return proc
+
+
+def _add_rules(env: dict[str, str]) -> None:
+    """The demo rules, once (a rule the operator deleted or renamed is not added again)."""
+    listed = _run([_bin("cdrstats"), "rule", "list", "--tenant", TENANT], env)
+    if listed.stdout.strip():
+        return
+    for rule in DEMO_RULES:
+        _run([_bin("cdrstats"), "rule", "add", "--tenant", TENANT, "--json", json.dumps(rule)], env)
 
 
 def _admin_password(var: Path, env: dict[str, str]) -> str:
@@ -217,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         )
         password = _admin_password(var, env)
+        _add_rules(env)
         collector = subprocess.Popen(
             [_bin("cdrstats"), "serve", "--host", "127.0.0.1", "--port", str(args.port)], env=env
         )
