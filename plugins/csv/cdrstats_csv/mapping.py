@@ -47,7 +47,7 @@ from cdrstats_agent.normalize import (
 )
 from cdrstats_agent.plugin import Rejected
 
-from .records import RecordError, Template, split_csv, split_records
+from .records import CsvSplitter, RecordError, Template, split_records
 from .stamps import (
     StampError,
     TimeParser,
@@ -184,6 +184,7 @@ class Mapping:
         self.encoding = codecs.lookup(spec.encoding).name
         self._bound: dict[object, _Bound | Rejection] = {}
         self._parsers: dict[tuple[str, ...], TimeParser] = {}
+        self._splitter = CsvSplitter(delimiter=spec.delimiter, quotechar=spec.quotechar)
         self._known_counts = tuple(sorted({len(layout) for layout in spec.layouts}))
         self.quote_recovered = 0
         """Template records read although a value contained a quote (counted, see README)."""
@@ -221,7 +222,7 @@ class Mapping:
         text = self.decode(data)
         if self.spec.template is not None:
             return self.spec.template.split(text)
-        return split_csv(text, delimiter=self.spec.delimiter, quotechar=self.spec.quotechar)
+        return self._splitter.split(text)
 
     def plausible(self, data: bytes) -> bool:
         """Whether a multi-line candidate record reads as one record (see split_records)."""

@@ -151,6 +151,37 @@ def split_csv(text: str, *, delimiter: str = ",", quotechar: str = '"') -> list[
     return rows[0]
 
 
+class CsvSplitter:
+    """`split_csv` with one `csv.reader` kept for every record of a file (building a reader
+    per record costs more than reading the record). Same values, same errors."""
+
+    def __init__(self, *, delimiter: str = ",", quotechar: str = '"') -> None:
+        self._pending: list[str] = []
+        self._reader = csv.reader(
+            self, delimiter=delimiter, quotechar=quotechar, doublequote=True, strict=True
+        )
+
+    def __iter__(self) -> CsvSplitter:
+        return self
+
+    def __next__(self) -> str:
+        """The reader's input: the record being split, then nothing (end of data)."""
+        if self._pending:
+            return self._pending.pop()
+        raise StopIteration
+
+    def split(self, text: str) -> list[str]:
+        self._pending.append(text)
+        try:
+            return next(self._reader)
+        except csv.Error as exc:
+            raise RecordError(f"malformed CSV ({exc})") from None
+        except StopIteration:  # (an empty input: not reached, the text is always read)
+            return []
+        finally:
+            self._pending.clear()
+
+
 @dataclass(frozen=True, slots=True)
 class Template:
     """A mod_cdr_csv style template: literal text around `${var}` references."""

@@ -8,6 +8,7 @@ dotted-quad path of `src_ip` are each compared with the code they shortcut.
 from __future__ import annotations
 
 import ipaddress
+import random
 import tomllib
 from datetime import UTC, timedelta, timezone
 from decimal import Decimal
@@ -19,7 +20,7 @@ from cdrstats_agent.errors import ConfigError
 from cdrstats_agent.normalize import to_e164
 from cdrstats_csv.config import mapping_from_options
 from cdrstats_csv.mapping import Mapping, MappingSpec, Rejection, _ip_text
-from cdrstats_csv.records import split_records
+from cdrstats_csv.records import CsvSplitter, RecordError, split_csv, split_records
 from cdrstats_csv.stamps import MAX_DURATION, StampError, parse_duration, parse_time, time_parser
 from csv_testkit import CASES
 
@@ -162,3 +163,23 @@ def test_dotted_quad_shortcut_agrees_with_ipaddress() -> None:
         except ValueError:
             expected = None
         assert _ip_text(text) == expected, text
+
+
+@pytest.mark.parametrize("delimiter", [",", ";", "\t"])
+def test_reused_reader_splits_like_a_reader_per_record(delimiter: str) -> None:
+    """`CsvSplitter` (one csv.reader for a whole file) against `split_csv` (one per record),
+    on random texts made of the characters that matter, in one sequence (a broken record
+    must not leak into the next)."""
+    rnd = random.Random(9)
+    splitter = CsvSplitter(delimiter=delimiter)
+    for _ in range(20_000):
+        text = "".join(rnd.choice('ab,;\t"\n\r \x00') for _ in range(rnd.randint(0, 12)))
+        try:
+            expected: object = split_csv(text, delimiter=delimiter)
+        except RecordError as exc:
+            expected = str(exc)
+        try:
+            got: object = splitter.split(text)
+        except RecordError as exc:
+            got = str(exc)
+        assert got == expected, repr(text)
