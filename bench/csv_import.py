@@ -11,12 +11,16 @@ the second finds them all already stored (duplicates skipped). Peak memory is th
 sum of PSS (RSS with shared pages counted once) over the import process and its mapping
 processes, sampled every 50 ms.
 
-Baseline, same file: `csv.reader` alone reading it (no mapping, no database).
+Baselines, same run: a raw binary COPY of the same rows (the CDRs the import stored, dumped
+with `COPY ... TO STDOUT (FORMAT BINARY)`) into the same, emptied `cdr` table: no parsing,
+no mapping, no dedup, no aggregates (`ratio_to_raw_copy`); and `csv.reader` alone reading
+the file (no mapping, no database).
 
 Last line: one JSON object with rows_per_s (first import), peak_rss_mb, reimport_rows_per_s,
-reimport_peak_rss_mb, csv_reader_rows_per_s, and the targets (issue 9: ≥ 30,000 rows/s,
-< 300 MB). The database is embedded (var/bench-pg) unless --database-url or
-CDRSTATS_BENCH_DATABASE_URL names a server where the user may create databases.
+reimport_peak_rss_mb, raw_copy_rows_per_s, ratio_to_raw_copy, csv_reader_rows_per_s, the
+load average before and after (the machine is shared), and the targets (issue 9:
+≥ 30,000 rows/s, < 300 MB). The database is embedded (var/bench-pg) unless --database-url
+or CDRSTATS_BENCH_DATABASE_URL names a server where the user may create databases.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cdrstats_collector import csvimport, embedded, migrate, tenants  # noqa: E402
+from cdrstats_collector import csvimport, embedded, migrate, store, tenants  # noqa: E402
 
 from tests.fix_db import create_database, drop_database, with_dbname  # noqa: E402
 
@@ -136,6 +140,38 @@ def run_import(database_url: str, path: Path) -> tuple[float, float, str]:
     return elapsed, peak / 1048576, out.splitlines()[0]
 
 
+def raw_copy_rate(database_url: str, work: Path) -> tuple[float, int]:
+    """(rows/s, rows) of one binary COPY into the emptied `cdr` of the rows it held."""
+    columns = ", ".join(store.COPY_COLUMNS)
+    dump = work / "cdr.copy"
+    with psycopg.connect(database_url) as conn:
+        with (
+            open(dump, "wb") as out,
+            conn.cursor().copy(
+                f"COPY (SELECT {columns} FROM cdr) TO STDOUT (FORMAT BINARY)"
+            ) as copy,
+        ):
+            for block in copy:
+                out.write(block)
+        counted = conn.execute("SELECT count(*) FROM cdr").fetchone()
+        rows = int(counted[0]) if counted else 0
+        conn.execute("TRUNCATE cdr")
+        conn.commit()
+        started = time.perf_counter()
+        with (
+            open(dump, "rb") as src,
+            conn.cursor().copy(f"COPY cdr ({columns}) FROM STDIN (FORMAT BINARY)") as copy,
+        ):
+            while block := src.read(1 << 20):
+                copy.write(block)
+        conn.commit()
+        elapsed = time.perf_counter() - started
+        again = conn.execute("SELECT count(*) FROM cdr").fetchone()
+    if again is None or again[0] != rows:
+        raise RuntimeError(f"raw COPY stored {again} rows, expected {rows}")
+    return rows / elapsed, rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 rows")
@@ -145,6 +181,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     rows = args.rows or (100_000 if args.quick else 1_000_000)
+    load_before = os.getloadavg()
     admin = args.database_url or embedded.start(ROOT / "var" / "bench-pg")
     name = create_database(admin)
     database_url = with_dbname(admin, name)
@@ -164,11 +201,12 @@ def main() -> None:
             print(f"import: {rows / first_s:,.0f} rows/s, peak RSS {first_rss:.0f} MB: {summary}")
             again_s, again_rss, summary2 = run_import(database_url, path)
             print(f"re-import: {rows / again_s:,.0f} rows/s: {summary2}")
-        with psycopg.connect(database_url) as conn:
-            stored = conn.execute("SELECT count(*) FROM cdr").fetchone()
-        expected = rows - rows // 1000
-        if stored is None or stored[0] != expected:
-            raise RuntimeError(f"{stored} CDRs stored, expected {expected}")
+            load_after = os.getloadavg()
+            expected = rows - rows // 1000
+            raw, stored = raw_copy_rate(database_url, Path(tmp))
+            if stored != expected:
+                raise RuntimeError(f"{stored} CDRs stored, expected {expected}")
+            print(f"raw binary COPY of the same {stored:,} rows: {raw:,.0f} rows/s")
     finally:
         drop_database(admin, name)
     rate = rows / first_s
@@ -178,8 +216,12 @@ def main() -> None:
         "peak_rss_mb": round(first_rss, 1),
         "reimport_rows_per_s": round(rows / again_s),
         "reimport_peak_rss_mb": round(again_rss, 1),
+        "raw_copy_rows_per_s": round(raw),
+        "ratio_to_raw_copy": round(rate / raw, 3),
         "csv_reader_rows_per_s": round(reader),
         "ratio_to_csv_reader": round(rate / reader, 3),
+        "loadavg_before": round(load_before[0], 2),
+        "loadavg_after": round(load_after[0], 2),
         "target_rows_per_s": TARGET_ROWS_PER_S,
         "target_rss_mb": TARGET_RSS_MB,
         "meets_target": rate >= TARGET_ROWS_PER_S and first_rss < TARGET_RSS_MB,
