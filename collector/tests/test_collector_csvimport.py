@@ -523,3 +523,32 @@ async def test_progress_notifies_are_spaced_and_carry_bytes(
     read = [n["bytes_read"] for n in progress]
     assert len(progress) == 7 and read == sorted(read) and 0 < read[1] < read[-3] < size
     assert progress[-1]["bytes_read"] == size and progress[-1]["duplicates"] == 9
+
+
+async def test_binary_garbage_after_the_sample_costs_only_its_lines(
+    database_url: str, tmp_path: Path
+) -> None:
+    """A file that looks like CSV in its first 64 KiB (what detection reads) and then holds
+    binary data (two files concatenated, a broken copy): the text rows are imported, each
+    garbage line is rejected with its number and why, and the row after them is kept."""
+    tid, sid = tenant(database_url)
+    save_profile(
+        database_url, tid, "pbx", {"fields": {"start": "start", "callee": "to"}, "key": "id"}
+    )
+    good = [f"g{i},2025-01-05 10:{i // 60:02d}:{i % 60:02d},2{i:05d}" for i in range(2500)]
+    body = "id,start,to\n" + "\n".join(good) + "\n"
+    assert len(body) > csvdetect.SAMPLE_BYTES
+    garbage = b"PK\x03\x04\x14\x00\x08\x00,\x00\n" + b"\xff\xfe\xfd,x,y\n"
+    path = tmp_path / "joined.csv"
+    path.write_bytes(body.encode() + garbage + b"last,2025-01-05 11:00:00,300\n")
+    job = await run_import(database_url, tid, sid, path, "pbx")
+    assert (job.status, job.rows_read, job.imported, job.rejected) == ("done", 2503, 2501, 2)
+    assert rejects(database_url, tid, job.job_id) == [
+        (2502, "holds a NUL byte (binary data)"),
+        (
+            2503,
+            "cannot be decoded as utf-8 (byte 0xff at position 1); set the `encoding`"
+            " option (latin-1, cp1252...)",
+        ),
+    ]
+    assert "last" in {r["key"] for r in cdrs(database_url, tid)}
