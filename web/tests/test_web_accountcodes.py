@@ -148,3 +148,31 @@ def test_switches_page_shows_the_spool_status_of_the_last_batch(server: Collecto
     page = viewer.get(f"/t/{mine.id}/switches").text
     assert re.search(r"data-spool>4200 CDRs · 3 batches<", page), page
     assert re.search(r"data-lag[^>]*>12 min 34 s<", page)
+
+
+def test_a_malformed_spool_status_is_ignored_and_the_cdrs_stored(server: CollectorServer) -> None:
+    mine = fresh_tenant(server.database_url)
+    agent = server.enroll(mine.name, "pbx-odd")
+    body = wire.build_body([wire.pack_cdr(cdr(1))])
+    payload = {
+        "agent": agent.agent_id,
+        "seq": 1,
+        "sent_at": wire.now_us(),
+        "body": body,
+        "spool": {"batches": -3, "cdrs": "many", "lag_s": 1.0},
+    }
+    r = httpx.post(
+        server.url + "/api/v1/ingest",
+        content=wire.seal("cdr_batch", agent.agent_id, payload, agent.key),
+        headers={"content-type": "application/msgpack"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["accepted"] == 1, r.text
+    with psycopg.connect(server.database_url) as conn:
+        row = conn.execute(
+            "SELECT spool_batches, spool_cdrs, spool_lag_s, status_at, last_seq FROM agent"
+            " WHERE id = %s",
+            (agent.agent_id,),
+        ).fetchone()
+    assert row == (None, None, None, None, 1)
+    assert "batch_status_ignored" in server.log_tail()
