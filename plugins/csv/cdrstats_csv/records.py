@@ -15,13 +15,17 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 NEWLINE = 0x0A
 
 
-@dataclass(frozen=True, slots=True)
-class RawRecord:
-    """One record as found in the bytes, without its line terminator."""
+class RawRecord(NamedTuple):
+    """One record as found in the bytes, without its line terminator.
+
+    (A named tuple, not a dataclass: millions are made per imported file, and a tuple is
+    built in a third of the time.)
+    """
 
     data: bytes
     start: int
@@ -88,17 +92,25 @@ def split_records(
             return size, size
         return None
 
+    find = buf.find
+    append = records.append
     while pos < size and (limit is None or len(records) < limit):
-        first = line_end(pos)
-        if first is None:
+        # (line_end, inlined: this loop runs once per line of every imported file)
+        nl = find(b"\n", pos)
+        if nl >= 0:
+            content_end, next_pos = nl, nl + 1
+        elif final:
+            content_end = next_pos = size
+        else:
             break
-        content_end, next_pos = first
-        data = _strip_cr(buf[pos:content_end])
-        if not data.strip(b" \t"):
+        if content_end > pos and buf[content_end - 1] == 0x0D:  # CRLF
+            content_end -= 1
+        data = buf[pos:content_end]
+        if data[:1] in b" \t" and not data.strip(b" \t"):  # (b"" is in any bytes)
             pos, lines = next_pos, lines + 1
             continue
         if quote is None or data.count(quote) % 2 == 0:
-            records.append(RawRecord(data, pos, next_pos, first_line + lines, 1))
+            append(RawRecord(data, pos, next_pos, first_line + lines, 1))
             pos, lines = next_pos, lines + 1
             continue
         # An open quote: look for the line that closes it.

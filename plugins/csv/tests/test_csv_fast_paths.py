@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import random
 import tomllib
+from collections.abc import Callable
 from datetime import UTC, timedelta, timezone
 from decimal import Decimal
 from zoneinfo import ZoneInfo
@@ -20,7 +21,14 @@ from cdrstats_agent.errors import ConfigError
 from cdrstats_agent.normalize import to_e164
 from cdrstats_csv.config import mapping_from_options
 from cdrstats_csv.mapping import Mapping, MappingSpec, Rejection, _ip_text
-from cdrstats_csv.records import CsvSplitter, RecordError, split_csv, split_records
+from cdrstats_csv.records import (
+    CsvSplitter,
+    RawRecord,
+    RecordError,
+    Split,
+    split_csv,
+    split_records,
+)
 from cdrstats_csv.stamps import MAX_DURATION, StampError, parse_duration, parse_time, time_parser
 from csv_testkit import CASES
 
@@ -183,3 +191,108 @@ def test_reused_reader_splits_like_a_reader_per_record(delimiter: str) -> None:
         except RecordError as exc:
             got = str(exc)
         assert got == expected, repr(text)
+
+
+def _strip_cr_ref(data: bytes) -> bytes:
+    return data[:-1] if data.endswith(b"\r") else data
+
+
+def _reference_split_records(
+    buf: bytes,
+    *,
+    first_line: int = 1,
+    quote: int | None = 0x22,
+    max_lines: int = 20,
+    final: bool = False,
+    flush_open_quotes: bool = False,
+    accept: Callable[[bytes], bool] | None = None,
+    limit: int | None = None,
+) -> Split:
+    """`split_records` before its loop was inlined (the general code)."""
+    records: list[RawRecord] = []
+    pos = 0
+    lines = 0
+    size = len(buf)
+
+    def line_end(at: int) -> tuple[int, int] | None:
+        """(end of the line's content, start of the next line) or None if incomplete."""
+        nl = buf.find(b"\n", at)
+        if nl >= 0:
+            return nl, nl + 1
+        if final and at < size:
+            return size, size
+        return None
+
+    while pos < size and (limit is None or len(records) < limit):
+        first = line_end(pos)
+        if first is None:
+            break
+        content_end, next_pos = first
+        data = _strip_cr_ref(buf[pos:content_end])
+        if not data.strip(b" \t"):
+            pos, lines = next_pos, lines + 1
+            continue
+        if quote is None or data.count(quote) % 2 == 0:
+            records.append(RawRecord(data, pos, next_pos, first_line + lines, 1))
+            pos, lines = next_pos, lines + 1
+            continue
+        # An open quote: look for the line that closes it.
+        parity = 1
+        span = 1
+        end = next_pos
+        closed_at: tuple[int, int] | None = None
+        waiting = False
+        while span < max_lines:
+            more = line_end(end)
+            if more is None:
+                waiting = not final
+                break
+            more_content, more_next = more
+            parity = (parity + buf.count(quote, end, more_content)) % 2
+            span += 1
+            if parity == 0:
+                closed_at = (more_content, more_next)
+                break
+            end = more_next
+        if waiting and not flush_open_quotes:
+            return Split(records, pos, lines, open_quote=True)
+        if closed_at is not None:
+            joined = _strip_cr_ref(buf[pos : closed_at[0]])
+            if accept is None or accept(joined):
+                records.append(RawRecord(joined, pos, closed_at[1], first_line + lines, span))
+                pos, lines = closed_at[1], lines + span
+                continue
+        # Never balanced (or not a plausible record): the first line alone, as it is.
+        records.append(RawRecord(data, pos, next_pos, first_line + lines, 1))
+        pos, lines = next_pos, lines + 1
+    return Split(records, pos, lines)
+
+
+@pytest.mark.parametrize("final", [False, True])
+def test_split_records_agrees_with_its_reference(final: bool) -> None:
+    """Random buffers of the bytes that matter, cut by both (records are named tuples now)."""
+    rnd = random.Random(5)
+
+    def odd(joined: bytes) -> bool:
+        return len(joined) % 3 != 0
+
+    for _ in range(5_000):
+        buf = bytes(rnd.choice(b'a,"\n\r \t') for _ in range(rnd.randint(0, 40)))
+        for quote in (0x22, None):
+            got = split_records(
+                buf, quote=quote, max_lines=3, final=final, first_line=7, accept=odd
+            )
+            want = _reference_split_records(
+                buf, quote=quote, max_lines=3, final=final, first_line=7, accept=odd
+            )
+            assert (
+                [tuple(r) for r in got.records],
+                got.consumed,
+                got.lines,
+                got.open_quote,
+            ) == (
+                [(r.data, r.start, r.end, r.line, r.lines) for r in want.records],
+                want.consumed,
+                want.lines,
+                want.open_quote,
+            ), buf
