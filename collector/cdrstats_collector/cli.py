@@ -478,6 +478,40 @@ def cmd_api_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_accountcode_map(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _audited(cfg) as a:
+        mid = tenants.add_accountcode(a.conn, args.accountcode, args.tenant, args.switch_id)
+        tid = tenants.tenant_id(a.conn, args.tenant)
+        a.record("accountcode.map", args.accountcode.strip(), tid, switch_id=args.switch_id)
+    where = "any switch" if args.switch_id is None else f"switch {args.switch_id}"
+    print(f"mapping {mid}: accountcode {args.accountcode.strip()!r} on {where} -> {args.tenant}")
+    return 0
+
+
+def cmd_accountcode_unmap(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _audited(cfg) as a:
+        was = tenants.remove_accountcode(a.conn, args.id)
+        a.record(
+            "accountcode.unmap",
+            was["accountcode"],
+            int(was["tenant_id"]),
+            switch_id=was["switch_id"],
+            tenant=was["tenant"],
+        )
+    print(f"mapping {args.id} removed ({was['accountcode']!r} -> {was['tenant']})")
+    return 0
+
+
+def cmd_accountcode_list(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _connect(cfg) as conn:
+        for m in tenants.accountcodes(conn):
+            print(f"{m['id']}\t{m['accountcode']}\t{m['switch'] or '*'}\t{m['tenant']}")
+    return 0
+
+
 def cmd_allowlist_add(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     with _audited(cfg) as a:
@@ -875,6 +909,17 @@ def build_parser() -> argparse.ArgumentParser:
     blocks = command(sub, "blocks", cmd_blocks, "active blocks of a tenant (and recent commands)")
     blocks.add_argument("--tenant", required=True)
     blocks.add_argument("--commands", action="store_true", help="also list recent commands")
+
+    acc = sub.add_parser("accountcode", help="account codes mapped to tenants").add_subparsers(
+        dest="accountcode_command", required=True, metavar="COMMAND"
+    )
+    amap = command(acc, "map", cmd_accountcode_map, "CDRs with this accountcode go to a tenant")
+    amap.add_argument("accountcode", help="the code as the switch writes it")
+    amap.add_argument("--tenant", required=True, help="the tenant the CDRs belong to")
+    amap.add_argument("--switch-id", type=int, help="only on this switch (default: any switch)")
+    aunmap = command(acc, "unmap", cmd_accountcode_unmap, "remove a mapping")
+    aunmap.add_argument("id", type=int, help="mapping id (see accountcode list)")
+    command(acc, "list", cmd_accountcode_list, "list the mappings")
 
     allow = sub.add_parser("allowlist", help="addresses that can never be blocked").add_subparsers(
         dest="allowlist_command", required=True, metavar="COMMAND"

@@ -217,3 +217,25 @@ def test_rule_add_list_delete(
     with psycopg.connect(database_url) as conn:
         actions = [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
     assert actions.count("rule.create") == 1 and actions.count("rule.delete") == 1
+
+
+def test_accountcode_map_list_unmap(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    db = ("--database-url", database_url)
+    for name in ("carrier", "cust-a"):
+        assert run(capsys, "tenant", "add", name, *db)[0] == 0
+    code, out, _ = run(capsys, "accountcode", "map", "ACC-7", "--tenant", "cust-a", *db)
+    assert code == 0 and "'ACC-7' on any switch -> cust-a" in out
+    mapping = out.split(":")[0].removeprefix("mapping ")
+    code, _, err = run(capsys, "accountcode", "map", "ACC-7", "--tenant", "cust-a", *db)
+    assert code == 1 and "already mapped on any switch" in err
+    code, _, err = run(capsys, "accountcode", "map", "X", "--tenant", "nobody", *db)
+    assert code != 0 and "nobody" in err
+    code, out, _ = run(capsys, "accountcode", "list", *db)
+    assert out == f"{mapping}\tACC-7\t*\tcust-a\n"
+    assert run(capsys, "accountcode", "unmap", mapping, *db)[0] == 0
+    code, _, err = run(capsys, "accountcode", "unmap", mapping, *db)
+    assert code != 0 and f"no account-code mapping with id {mapping}" in err
+    with psycopg.connect(database_url) as conn:
+        actions = [r[0] for r in conn.execute("SELECT action FROM audit_log ORDER BY id")]
+        assert conn.execute("SELECT count(*) FROM accountcode_map").fetchone() == (0,)
+    assert actions[-2:] == ["accountcode.map", "accountcode.unmap"]
