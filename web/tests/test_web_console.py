@@ -144,6 +144,11 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(base: str, seeded: See
         f"/t/{acme}/rules/1": {"name": "evil", "kind": "calls", "window_s": "300"},
         f"/t/{acme}/rules/1/enabled": {"enabled": "0"},
         f"/t/{acme}/rules/1/delete": {},
+        f"/t/{acme}/notifications": {"kind": "email", "target": "evil@example.net"},
+        f"/t/{acme}/notifications/1/enabled": {"enabled": "0"},
+        f"/t/{acme}/notifications/1/severity": {"min_severity": "info"},
+        f"/t/{acme}/notifications/1/test": {},
+        f"/t/{acme}/notifications/1/delete": {},
     }
     c = login(base, "root")
     from cdrstats_collector.settings import Settings
@@ -155,6 +160,7 @@ def test_every_form_refuses_a_missing_or_wrong_csrf_token(base: str, seeded: See
         .replace("{tenant:int}", str(acme))
         .replace("{alert:int}", "1")
         .replace("{rule:int}", "1")
+        .replace("{channel:int}", "1")
         for r in mounted.routes
         if "POST" in (getattr(r, "methods", None) or ())
     }
