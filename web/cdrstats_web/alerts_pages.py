@@ -9,6 +9,8 @@
 The transitions are `cdrstats_collector.alerts` (audited, NOTIFY cdrstats_alert); the page
 gets new and changed alerts live from the tab's event stream (`alert` events, alerts.js).
 An alert whose detail names a source IP has a block button (the block dialog, blocks.py).
+Each alert shows its notification state (`notify_state`, the reason of a failure on hover;
+the channels are on the Notifications page, notifications.py).
 """
 
 from __future__ import annotations
@@ -35,7 +37,14 @@ FILTERS = [
     ("all", "All"),
 ]
 SNOOZES = [(900, "15 minutes"), (3600, "1 hour"), (14400, "4 hours"), (86400, "24 hours")]
-_TIMES = ("opened_at", "last_seen_at", "acknowledged_at", "snoozed_until", "resolved_at")
+_TIMES = (
+    "opened_at",
+    "last_seen_at",
+    "acknowledged_at",
+    "snoozed_until",
+    "resolved_at",
+    "notified_at",
+)
 
 
 def _utc(text: Any) -> str:
