@@ -21,6 +21,12 @@ Nothing here is spooled and nothing here can slow CDR collection down:
   collector URLs of the uplink with the same failover. Any failure loses the message (the
   sources in it go to resync) and backs off; live data is not worth retrying late.
 
+Failed registrations (`AuthFailure`, yielded by `live()` between its events) take the same
+road but not the same rules: they do not describe the calls in progress, so they are queued
+apart (bounded by `queue_max_events` too, the newest dropped and counted on overflow), are
+never superseded by a snapshot and are forwarded even while their source awaits one; a
+message that is not delivered loses them (detection data, docs/protocol.md).
+
 `cdrstats-agent status` reads `state_dir/live.json`, written every few seconds by the running
 agent (calls in progress per source, messages sent, events dropped).
 """
@@ -34,6 +40,7 @@ import os
 import random
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +53,7 @@ from . import wire
 from .config import LiveSettings
 from .errors import SourceError
 from .logs import get_logger
-from .plugin import LiveEvent, LiveSource, Source, supports_live
+from .plugin import AuthFailure, LiveEvent, LiveSource, Source, supports_live
 from .uplink import error_text
 
 log = get_logger("cdrstats.agent.live")
@@ -78,6 +85,8 @@ class _SourceQueue:
     unavailable: bool = False
     """live() ended at once, without an event: the source has no live calls as configured."""
     dropped: int = 0
+    auth_failures: int = 0
+    """Failed registrations the source reported (queued or not)."""
 
 
 class LiveBuffer:
@@ -93,6 +102,9 @@ class LiveBuffer:
         """Events lost in all (overflow, undelivered messages, waiting for a snapshot)."""
         self.coalesced = 0
         """Events not sent because a later snapshot of their source replaced them."""
+        self._auth: deque[dict[str, Any]] = deque()
+        self.auth_dropped = 0
+        """Failed registrations lost (queue full, message not delivered)."""
 
     def queue(self, source: str) -> _SourceQueue:
         found = self._queues.get(source)
@@ -102,7 +114,35 @@ class LiveBuffer:
 
     @property
     def pending(self) -> int:
-        return sum(q.weight for q in self._queues.values())
+        return sum(q.weight for q in self._queues.values()) + len(self._auth)
+
+    @property
+    def pending_auth(self) -> int:
+        return len(self._auth)
+
+    def add_auth(self, source: str, failure: dict[str, Any]) -> bool:
+        """Queue one failed registration (wire form); False when the queue is full."""
+        self.queue(source).auth_failures += 1
+        if len(self._auth) >= self.queue_max_events:
+            self.auth_dropped += 1
+            if self.auth_dropped == 1 or self.auth_dropped % 1000 == 0:
+                log.warning(
+                    "live_auth_failures_dropped",
+                    source=source,
+                    dropped=self.auth_dropped,
+                    hint="more failed registrations than the collector takes: newest dropped",
+                )
+            return False
+        if self.pending == 0 or self._oldest is None:
+            self._oldest = time.monotonic()
+        self._auth.append(failure)
+        self._changed.set()
+        return True
+
+    def take_auth(self, max_count: int) -> list[dict[str, Any]]:
+        """Up to `max_count` queued failed registrations, oldest first (call before `take`)."""
+        n = min(max(0, max_count), len(self._auth))
+        return [self._auth.popleft() for _ in range(n)]
 
     @property
     def oldest_at(self) -> float | None:
@@ -255,6 +295,7 @@ class LiveChannel:
         self.sent_messages = 0
         self.sent_events = 0
         self.lost_messages = 0
+        self.sent_auth_failures = 0
         self._problems_logged: dict[str, float] = {}
         self._refusal: str | None = None
         """The last refusal logged (409/413/422 + reason); logged again only when it changes."""
@@ -274,7 +315,7 @@ class LiveChannel:
         failures = 0
         first = True
         while True:
-            events: AsyncIterator[LiveEvent] | None = None
+            events: AsyncIterator[LiveEvent | AuthFailure] | None = None
             started = time.monotonic()
             yielded = False
             try:
@@ -316,6 +357,8 @@ class LiveChannel:
 
     def accept(self, source: str, event: Any) -> bool:
         """Convert one event of `source` and queue it; False when it was not queued."""
+        if isinstance(event, AuthFailure):
+            return self.accept_auth(source, event)
         try:
             wire_event, problems = wire.live_event_to_wire(event)
         except wire.WireError as exc:
@@ -327,14 +370,25 @@ class LiveChannel:
             self._problem(source, "; ".join(problems), dropped=False)
         return self.buffer.add(source, wire_event)
 
-    def _problem(self, source: str, text: str, *, dropped: bool) -> None:
+    def accept_auth(self, source: str, failure: AuthFailure) -> bool:
+        """Convert one failed registration and queue it (a bad one is logged, not fatal)."""
+        try:
+            doc, problems = wire.auth_failure_to_wire(source, failure)
+        except wire.WireError as exc:
+            self._problem(source, str(exc), dropped=True, what="live_auth_failure_dropped")
+            return False  # nothing else depends on it: no resync
+        if problems:
+            self._problem(source, "; ".join(problems), dropped=False)
+        return self.buffer.add_auth(source, doc)
+
+    def _problem(self, source: str, text: str, *, dropped: bool, what: str = "") -> None:
         now = time.monotonic()
         last = self._problems_logged.get(source)
         if last is not None and now - last < PROBLEM_LOG_EVERY_S:
             return
         self._problems_logged[source] = now
         log.warning(
-            "live_event_dropped" if dropped else "live_event_fixed",
+            what or ("live_event_dropped" if dropped else "live_event_fixed"),
             source=source,
             problem=text[:500],
             hint="a plugin bug; logged at most once a minute per source",
@@ -350,14 +404,16 @@ class LiveChannel:
         async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
             while True:
                 await self.buffer.wait_batch(settings.flush_max_events, settings.flush_interval_s)
+                auth = self.buffer.take_auth(wire.LIVE_MAX_AUTH_FAILURES)
                 streams = self.buffer.take(settings.flush_max_events)
-                if not streams:
+                if not streams and not auth:
                     continue
-                delivered, backoff = await self.send(client, streams)
+                delivered, backoff = await self.send(client, streams, auth)
                 if delivered:
                     failures = 0
                     continue
                 self.lost_messages += 1
+                self.buffer.auth_dropped += len(auth)
                 for s in streams:
                     self.buffer.lose(s.source, keep_snapshot=True, lost=len(s.events))
                 if backoff:
@@ -366,12 +422,18 @@ class LiveChannel:
                     await asyncio.sleep(random.uniform(ceiling / 4, ceiling))
 
     async def send(
-        self, client: httpx.AsyncClient, streams: list[wire.LiveStream]
+        self,
+        client: httpx.AsyncClient,
+        streams: list[wire.LiveStream],
+        auth_failures: list[dict[str, Any]] | None = None,
     ) -> tuple[bool, bool]:
         """Post one message; returns (delivered, back off before the next one)."""
         self.seq += 1
         url = self.url
-        envelope = wire.seal_live(self.agent_id, self.stream, self.seq, streams, self.key)
+        auth = auth_failures or []
+        envelope = wire.seal_live(
+            self.agent_id, self.stream, self.seq, streams, self.key, auth_failures=auth
+        )
         count = sum(len(s.events) for s in streams)
         try:
             response = await client.post(
@@ -387,7 +449,8 @@ class LiveChannel:
             self._refusal = None
             self.sent_messages += 1
             self.sent_events += count
-            log.debug("live_sent", seq=self.seq, events=count, sources=len(streams))
+            self.sent_auth_failures += len(auth)
+            log.debug("live_sent", seq=self.seq, events=count, sources=len(streams), auth=len(auth))
             return True, False
         reason = f"HTTP {status}: {error_text(response)}"
         if status in (401, 403):
@@ -441,6 +504,8 @@ class LiveChannel:
             "dropped_events": self.buffer.dropped,
             "coalesced_events": self.buffer.coalesced,
             "pending_events": self.buffer.pending,
+            "sent_auth_failures": self.sent_auth_failures,
+            "dropped_auth_failures": self.buffer.auth_dropped,
             "sources": {
                 name: {
                     "calls": len(q.calls),
@@ -448,6 +513,7 @@ class LiveChannel:
                     "resync": q.resync,
                     "unavailable": q.unavailable,
                     "dropped": q.dropped,
+                    "auth_failures": q.auth_failures,
                 }
                 for name, q in sorted(self.buffer.sources().items())
             },

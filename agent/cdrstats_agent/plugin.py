@@ -15,7 +15,8 @@ Life of a source (see docs/plugins.md for a worked example):
    reached after them. The agent commits each result's CDRs and checkpoint to the spool in one
    transaction, so a crash loses nothing and re-reads nothing. A result may carry no CDRs (only
    rejected rows, or a new position after skipping data).
-4. Optionally `Source.live()` yields `LiveEvent`s (call started/answered/ended, snapshots), and
+4. Optionally `Source.live()` yields `LiveEvent`s (call started/answered/ended, snapshots)
+   and `AuthFailure`s (failed SIP registrations, for scanner detection), and
    `Source.actions()` declares verbs the plugin executes natively (for example Kamailio's
    htable ban for `block_ip`). See `LiveSource` and `ActionSource` below, and
    docs/plugins.md ("Live calls", "Actions"); `supports_live(source)` and
@@ -114,6 +115,56 @@ class LiveEvent:
     calls: tuple[Mapping[str, Any], ...] = ()
 
 
+AUTH_TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss", "sctp")
+"""The values of `AuthFailure.transport` (lower case)."""
+AUTH_TEXT_MAX = 256
+"""Longest `username`, `reason`, `service` or `realm` forwarded (longer ones are cut)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthFailure:
+    """A failed SIP registration or authentication seen by the switch (scanner detection).
+
+    A `live()` MAY yield these between its `LiveEvent`s: a REGISTER (or INVITE) whose digest
+    was wrong, an unknown account, a request refused by an ACL. They travel on the live
+    channel (not spooled: losing a few during an outage is acceptable, docs/protocol.md) and
+    feed the collector's `scanner` rules per source IP. They do not touch the live calls
+    state: no snapshot is needed for them, and a source waiting for its next snapshot still
+    forwards them.
+
+    src_ip     the address the request came from (IPv4 or IPv6; required).
+    at         UNIX epoch seconds (float) when the switch saw it.
+    src_port   the source port, when known.
+    username   the account or extension tried (From/To user, AccountID), when known.
+    sip_code   the SIP answer sent (401, 403, 407...), when known.
+    reason     short text: the switch's event name or cause ("InvalidPassword",
+               "sofia::register_failure", "FailedACL").
+    transport  "udp", "tcp", "tls", "ws", "wss" or "sctp", when known.
+    method     "REGISTER" (default) or "INVITE" (a call attempt whose authentication failed).
+    service    the switch's part that refused it ("PJSIP", "SIP", a Sofia profile name...).
+
+    Example:
+
+        AuthFailure("203.0.113.5", at=1764064800.2, src_port=5060, username="1001",
+                    sip_code=403, reason="sofia::register_failure", transport="udp",
+                    service="internal")
+    """
+
+    src_ip: str
+    at: float = 0.0
+    src_port: int | None = None
+    username: str | None = None
+    sip_code: int | None = None
+    reason: str | None = None
+    transport: str | None = None
+    method: str = "REGISTER"
+    service: str | None = None
+
+
+LiveItem = LiveEvent | AuthFailure
+"""What a `live()` yields."""
+
+
 ActionHandler = Callable[[Mapping[str, Any]], Awaitable[str]]
 """A native action: receives the command's arguments, returns a one-line result.
 
@@ -149,8 +200,8 @@ class LiveSource(Protocol):
 
     name: str
 
-    def live(self) -> AsyncIterator[LiveEvent]:
-        """Yield live events until cancelled.
+    def live(self) -> AsyncIterator[LiveEvent | AuthFailure]:
+        """Yield live events (and failed registrations, `AuthFailure`) until cancelled.
 
         Send a snapshot first (on every (re)connect) and then periodically (configurable,
         default every 30 s): the collector forgets a source's calls when nothing came from its

@@ -30,6 +30,8 @@ from nacl.signing import SigningKey, VerifyKey
 
 from .model import CDR, CDR_FIELDS, Direction, Disposition
 from .plugin import (
+    AUTH_TEXT_MAX,
+    AUTH_TRANSPORTS,
     LIVE_DATA_KEYS,
     LIVE_DIRECTIONS,
     LIVE_INT_KEYS,
@@ -672,6 +674,9 @@ def iter_chunks(
 #               "sources": [{"source": name, "events": [event, ...]}, ...]}
 #   event    = {"kind": "started" | "answered" | "ended", "call_id": str, "at": µs, "data": map}
 #            | {"kind": "snapshot", "at": µs, "calls": [map with "call_id" + data keys, ...]}
+#   payload["auth_failures"] (optional, at most LIVE_MAX_AUTH_FAILURES) =
+#              [{"source": name, "at": µs, "src_ip": str, + optional src_port, username,
+#                sip_code, reason, transport, method, service}, ...]
 # `stream` is random per agent run and `seq` counts the run's live messages from 1; the collector
 # applies a message only when it is newer than the last one applied for the agent (see
 # docs/protocol.md, "Live calls"). Data keys and their types are those of plugin.LiveEvent.
@@ -698,6 +703,10 @@ class LiveMessage:
     seq: int
     sent_at: int
     sources: list[LiveStream]
+    auth_failures: list[dict[str, Any]] = field(default_factory=list)
+    """The failed registrations that passed `check_auth_failure` (wire form)."""
+    auth_rejected: list[str] = field(default_factory=list)
+    """What was wrong with each one that did not (left out; the rest is applied)."""
 
     @property
     def event_count(self) -> int:
@@ -800,15 +809,20 @@ def seal_live(
     sources: Sequence[LiveStream],
     key: SigningKey,
     sent_at: int | None = None,
+    auth_failures: Sequence[dict[str, Any]] = (),
 ) -> bytes:
-    """A signed `live` envelope carrying wire events (as `live_event_to_wire` builds them)."""
-    payload = {
+    """A signed `live` envelope carrying wire events (as `live_event_to_wire` builds them)
+    and failed registrations (as `auth_failure_to_wire` builds them; the key is left out
+    when there are none, so that a collector that predates it reads the message the same)."""
+    payload: dict[str, Any] = {
         "agent": agent,
         "stream": stream,
         "seq": seq,
         "sent_at": now_us() if sent_at is None else sent_at,
         "sources": [{"source": s.source, "events": s.events} for s in sources],
     }
+    if auth_failures:
+        payload["auth_failures"] = list(auth_failures)
     return seal("live", agent, payload, key)
 
 
@@ -855,7 +869,8 @@ def check_live_payload(payload: dict[str, Any], signer: str) -> LiveMessage:
         for n, event in enumerate(events):
             check_live_event(event, f"{where}.events[{n}]")
         out.append(LiveStream(name, events))
-    return LiveMessage(agent, stream, seq, sent_at, out)
+    failures, rejected = _check_auth_failures(payload.get("auth_failures"))
+    return LiveMessage(agent, stream, seq, sent_at, out, failures, rejected)
 
 
 def live_event_to_wire(event: Any) -> tuple[dict[str, Any], list[str]]:
@@ -933,3 +948,142 @@ def _clean_data(
         except WireError as exc:
             problems.append(f"{where}{exc} (left out)")
     return clean
+
+
+# --- failed registrations (auth failures) on the live channel ---------------------------------
+#
+# Each one is checked on its own at the collector: a bad one is left out and reported
+# (`LiveMessage.auth_rejected`), the rest of the message is applied. Only the list itself
+# (not an array, more than LIVE_MAX_AUTH_FAILURES) makes the whole message invalid.
+
+LIVE_MAX_AUTH_FAILURES = 1000
+"""Most failed registrations in one live message (the agent sends at most this many)."""
+AUTH_KEYS = frozenset(
+    {"source", "at", "src_ip", "src_port", "username", "sip_code", "reason", "transport",
+     "method", "service"}
+)  # fmt: skip
+_AUTH_TEXT = ("username", "reason", "service")
+_METHOD_MAX = 32
+
+
+def _auth_ip(value: Any) -> str:
+    """The address in canonical text (IPv4-mapped IPv6 as IPv4); WireError otherwise."""
+    if type(value) is not str or len(value) > 64:
+        raise WireError(f"src_ip {value!r:.60} is not an IP address")
+    text = value.strip().removeprefix("[").removesuffix("]")
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise WireError(f"src_ip {value!r:.60} is not an IP address") from None
+    if isinstance(addr, ipaddress.IPv6Address):
+        if addr.scope_id:
+            raise WireError(f"src_ip {value!r:.60} has a zone (%...)")
+        if addr.ipv4_mapped is not None:
+            return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+def _check_auth_value(key: str, value: Any) -> Any:
+    if key == "src_port":
+        if type(value) is not int or not 0 < value <= 65535:
+            raise WireError(f"src_port must be an integer from 1 to 65535, got {value!r:.40}")
+    elif key == "sip_code":
+        if type(value) is not int or not 100 <= value <= 699:
+            raise WireError(f"sip_code must be an integer from 100 to 699, got {value!r:.40}")
+    elif key == "transport":
+        if value not in AUTH_TRANSPORTS:
+            raise WireError(f"transport {value!r:.40} is not one of {list(AUTH_TRANSPORTS)}")
+    elif key == "method":
+        if (
+            type(value) is not str
+            or not 0 < len(value) <= _METHOD_MAX
+            or not value.isascii()
+            or not value.isalpha()
+            or not value.isupper()
+        ):
+            raise WireError(f"method {value!r:.40} is not a SIP method (REGISTER, INVITE...)")
+    elif key in _AUTH_TEXT:
+        if type(value) is not str:
+            raise WireError(f"{key} must be a string, got {type(value).__name__}")
+        if len(value) > AUTH_TEXT_MAX:
+            raise WireError(f"{key} is longer than {AUTH_TEXT_MAX} characters")
+        if "\x00" in value:
+            raise WireError(f"{key} contains a NUL character")
+    return value
+
+
+def check_auth_failure(doc: Any, where: str = "auth_failure") -> dict[str, Any]:
+    """One failed registration on the wire, checked; raises WireError naming the problem."""
+    if not isinstance(doc, dict):
+        raise WireError(f"{where} must be a map")
+    unknown = sorted(str(k) for k in doc if k not in AUTH_KEYS)
+    if unknown:
+        raise WireError(f"{where}: unknown keys {unknown}")
+    name = doc.get("source")
+    if type(name) is not str or not (0 < len(name) <= 64) or "\x00" in name:
+        raise WireError(f"{where}.source must be a string of 1 to 64 characters")
+    at = doc.get("at")
+    if type(at) is not int or not (0 <= at < 2**53):
+        raise WireError(f"{where}.at must be an integer of microseconds since the epoch")
+    try:
+        out: dict[str, Any] = {"source": name, "at": at, "src_ip": _auth_ip(doc.get("src_ip"))}
+    except WireError as exc:
+        raise WireError(f"{where}.{exc}") from None
+    for key in AUTH_KEYS - {"source", "at", "src_ip"}:
+        if key in doc:
+            try:
+                out[key] = _check_auth_value(key, doc[key])
+            except WireError as exc:
+                raise WireError(f"{where}.{exc}") from None
+    return out
+
+
+def _check_auth_failures(value: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    if value is None:
+        return [], []
+    if not isinstance(value, list):
+        raise WireError("auth_failures must be an array")
+    if len(value) > LIVE_MAX_AUTH_FAILURES:
+        raise WireError(
+            f"auth_failures holds {len(value)} entries, more than {LIVE_MAX_AUTH_FAILURES}"
+        )
+    good: list[dict[str, Any]] = []
+    bad: list[str] = []
+    for n, doc in enumerate(value):
+        try:
+            good.append(check_auth_failure(doc, f"auth_failures[{n}]"))
+        except WireError as exc:
+            bad.append(str(exc))
+    return good, bad
+
+
+def auth_failure_to_wire(source: str, item: Any) -> tuple[dict[str, Any], list[str]]:
+    """A plugin's `AuthFailure` as a wire map, and the problems found in it.
+
+    Lenient like `live_event_to_wire`: an optional field of the wrong type is left out and
+    reported, a text too long is cut. No usable source address or time raises WireError.
+    """
+    problems: list[str] = []
+    at = getattr(item, "at", None)
+    if isinstance(at, bool) or not isinstance(at, int | float) or not (0 < at < 2**53 / 1e6):
+        raise WireError(f"auth failure: 'at' must be epoch seconds, got {at!r:.40}")
+    out: dict[str, Any] = {
+        "source": source,
+        "at": epoch_to_us(at),
+        "src_ip": _auth_ip(getattr(item, "src_ip", None)),
+    }
+    for key in ("src_port", "username", "sip_code", "reason", "transport", "method", "service"):
+        value = getattr(item, key, None)
+        if value is None or value == "":
+            continue
+        if key == "transport" and isinstance(value, str):
+            value = value.lower()
+        if key == "method" and isinstance(value, str):
+            value = value.upper()
+        if key in _AUTH_TEXT and isinstance(value, str) and len(value) > AUTH_TEXT_MAX:
+            value = value[:AUTH_TEXT_MAX]
+        try:
+            out[key] = _check_auth_value(key, value)
+        except WireError as exc:
+            problems.append(f"{exc} (left out)")
+    return out, problems
