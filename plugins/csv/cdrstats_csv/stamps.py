@@ -17,12 +17,15 @@ time, for a call that was never answered.
 from __future__ import annotations
 
 import itertools
+import operator
 import os
 import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from decimal import Decimal, InvalidOperation
 from functools import cache
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 KEYWORD_FORMATS = ("epoch", "epoch_ms", "epoch_us", "iso8601")
@@ -160,6 +163,60 @@ def _fast_pattern(fmt: str) -> re.Pattern[str] | None:
     return re.compile("".join(parts))
 
 
+_WIDTHS = {"d": 2, "m": 2, "Y": 4, "H": 2, "M": 2, "S": 2}
+
+
+@dataclass(frozen=True, slots=True)
+class _FixedWidth:
+    """A simple numeric format written zero-padded (`%d/%m/%Y %H:%M:%S` as `03/02/2025
+    10:04:05`): where its separators are, and how to rewrite a text as ISO 8601."""
+
+    width: int
+    separators: Callable[[str], Any]
+    expected: Any
+    parts: Callable[[str], tuple[str, ...]]
+    iso: str
+
+
+@cache
+def _fixed_width(fmt: str) -> _FixedWidth | None:
+    """The zero-padded layout of a format `_fast_pattern` handles, or None.
+
+    A text of exactly that width with the separators in place is rewritten as ISO 8601 and
+    read by `datetime.fromisoformat` (C, checks digits and ranges), several times faster than
+    the regex; any other text takes the regex path.
+    """
+    if _fast_pattern(fmt) is None:
+        return None
+    pos = 0
+    seps: list[tuple[int, str]] = []
+    where: dict[str, slice] = {}
+    i = 0
+    while i < len(fmt):
+        if fmt[i] == "%":
+            d = fmt[i + 1]
+            where[d] = slice(pos, pos + _WIDTHS[d])
+            pos += _WIDTHS[d]
+            i += 2
+        else:
+            seps.append((pos, fmt[i]))
+            pos += 1
+            i += 1
+    order = [where.get(d, slice(0, 0)) for d in "YmdHMS"]
+    missing = [d not in where for d in "YmdHMS"]
+    iso = "%s-%s-%sT" + ":".join("00" if gone else "%s" for gone in missing[3:])
+    used = [s for s, gone in zip(order, missing, strict=True) if not gone]
+    if not seps:
+        return None
+    return _FixedWidth(
+        pos,
+        operator.itemgetter(*(p for p, _ in seps)),
+        tuple(c for _, c in seps) if len(seps) > 1 else seps[0][1],
+        operator.itemgetter(*used),
+        iso,
+    )
+
+
 def _fast(text: str, pattern: re.Pattern[str]) -> datetime | None:
     found = pattern.fullmatch(text)
     if found is None:
@@ -250,8 +307,23 @@ def time_parser(formats: Sequence[str], zone: tzinfo) -> TimeParser:
         fast = _fast_pattern(fmt)
         strptime = datetime.strptime
         plain = fmt == _PLAIN
+        layout = _fixed_width(fmt)
+        width = layout.width if layout is not None else -1
+        iso_utc = layout.iso + "+00:00" if layout is not None else ""
 
         def pattern(text: str) -> tuple[datetime, ...] | None:
+            if (
+                len(text) == width
+                and layout is not None
+                and layout.separators(text) == layout.expected
+            ):
+                try:
+                    if fixed is None:
+                        return to_utc(fromiso(layout.iso % layout.parts(text)))
+                    stamp = fromiso(iso_utc % layout.parts(text))
+                    return (stamp - fixed,) if fixed else (stamp,)
+                except ValueError:
+                    pass  # not ASCII digits, or out of range: the general path decides
             try:
                 if plain and len(text) == 19 and text[10] == " ":
                     stamp = fromiso(text)

@@ -76,6 +76,8 @@ def test_map_row_is_the_wire_row_of_map_record(case: object) -> None:
 ZONES = [UTC, ZoneInfo("UTC"), ZoneInfo("Europe/Paris"), timezone(timedelta(hours=-5))]
 FORMATS = [
     ["%d/%m/%Y %H:%M:%S"],
+    ["%m/%d/%Y %H:%M:%S"],
+    ["%d.%m.%Y", "%d.%m.%Y %H:%M"],
     ["%Y-%m-%d %H:%M:%S", "iso8601"],
     ["%m/%d/%Y %I:%M %p", "epoch"],
     ["iso8601", "epoch_ms"],
@@ -96,6 +98,16 @@ TEXTS = [
     "  ",
     "yesterday",
     "31/02/2025 10:00:00",
+    "03/02/2025 24:00:00",
+    "03/02/2025 23:59:60",
+    "02/ 3/2025 10:04:05",  # strptime's %d takes " 3"
+    "03/0\u0662/2025 10:04:05",  # a non-ASCII digit
+    "03/02/2025 10:04+01",
+    "03/02/2025\t10:04:05",
+    "03-02-2025 10:04:05",
+    "03.02.2025",
+    "03.02.2025 10:04",
+    "3.2.2025",
 ]
 
 
