@@ -1,0 +1,100 @@
+"""The Notifications page in a real Chromium: add a webhook (its secret shown once), send a
+test that reaches a real receiver signed with that secret, disable it; desktop and phone
+screenshots, no horizontal scroll, every control labelled."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from cdrstats_collector import notify
+from test_web_loop_browser import PHONE, _login, _no_horizontal_scroll, _page, _shot
+from web_testkit import chromium_or_skip, fresh_tenant, shared_server
+
+from collector.tests.notify_testkit import HookServer
+from tests.fix_db import CollectorServer
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    executable = chromium_or_skip()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
+        )
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def server(
+    pg_admin_url: str, migrated_template: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[CollectorServer]:
+    with shared_server(pg_admin_url, migrated_template, tmp_path_factory.mktemp("notify-b")) as s:
+        yield s
+
+
+@pytest.fixture
+def hooks() -> Iterator[HookServer]:
+    receiver = HookServer()
+    try:
+        yield receiver
+    finally:
+        receiver.close()
+
+
+def test_add_a_webhook_and_send_a_test(
+    browser: Any, server: CollectorServer, hooks: HookServer
+) -> None:
+    mine = fresh_tenant(server.database_url)
+    page = _page(browser, server.url)
+    try:
+        _login(page, mine.admin)
+        page.get_by_role("link", name="Notifications").click()
+        page.wait_for_url(f"**/t/{mine.id}/notifications")
+        assert "No channel yet" in page.inner_text("#channels")
+        form = page.locator("#webhook-form")
+        form.get_by_label("URL").fill("hooks.example.net/no-scheme")
+        form.get_by_role("button", name="Add webhook").click()
+        error = page.inner_text("#notify-error")
+        assert error.startswith("target:") and "is not an http:// or https:// URL" in error
+        assert page.locator("#w-target.is-invalid").count() == 1
+        form.get_by_label("URL").fill(hooks.url("/ok/browser"))
+        form.get_by_label("Name").fill("chatops")
+        form.get_by_label("Min. severity").select_option("critical")
+        form.get_by_role("button", name="Add webhook").click()
+        secret = page.inner_text("#webhook-secret").strip()
+        assert len(secret) >= 40 and "not shown again" in page.inner_text("#new-webhook")
+        row = page.locator("#channels tbody tr[data-kind='webhook']")
+        assert "chatops" in row.inner_text() and "critical" in row.inner_text()
+        _shot(page, "notifications-desktop")
+        _no_horizontal_scroll(page)
+
+        channel_id = row.get_attribute("data-channel-id")
+        page.get_by_role("button", name=f"Send a test through channel {channel_id}").click()
+        page.locator("#notify-tested").wait_for()
+        assert "accepted" in page.inner_text("#notify-tested")
+        assert page.locator("#webhook-secret").count() == 0  # shown once only
+        [hook] = hooks.at("/ok/browser")
+        ts, sig = hook.headers["x-cdrstats-timestamp"], hook.headers["x-cdrstats-signature"]
+        assert notify.verify(secret, ts, hook.body, sig)
+        assert "ok" in page.inner_text(f"tr[data-channel-id='{channel_id}'] [data-test]")
+
+        page.get_by_role("button", name=f"Disable channel {channel_id}").click()
+        page.locator("#notify-saved").wait_for()
+        assert "disabled" in page.inner_text(f"tr[data-channel-id='{channel_id}']")
+    finally:
+        page.context.close()
+    phone = _page(browser, server.url, PHONE)
+    try:
+        _login(phone, mine.admin)
+        phone.goto(f"/t/{mine.id}/notifications")
+        _shot(phone, "notifications-phone")
+        _no_horizontal_scroll(phone)
+    finally:
+        phone.context.close()
