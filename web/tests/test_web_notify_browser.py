@@ -1,14 +1,17 @@
 """The Notifications page in a real Chromium: add a webhook (its secret shown once), send a
-test that reaches a real receiver signed with that secret, disable it; desktop and phone
-screenshots, no horizontal scroll, every control labelled."""
+test that reaches a real receiver signed with that secret, disable it; the alerts'
+notification state; desktop and phone screenshots, no horizontal scroll, the accessibility
+audit in both themes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from cdrstats_collector import notify
+from test_web_a11y_browser import AUDIT
 from test_web_loop_browser import PHONE, _login, _no_horizontal_scroll, _page, _shot
 from web_testkit import chromium_or_skip, fresh_tenant, shared_server
 
@@ -88,6 +91,27 @@ def test_add_a_webhook_and_send_a_test(
         page.get_by_role("button", name=f"Disable channel {channel_id}").click()
         page.locator("#notify-saved").wait_for()
         assert "disabled" in page.inner_text(f"tr[data-channel-id='{channel_id}']")
+        # The Alerts page shows each alert's notification state, the reason on hover.
+        with psycopg.connect(server.database_url, autocommit=True) as conn:
+            for state, error in (("failed", "webhook 9: HTTP 500"), ("sent", None), ("none", None)):
+                conn.execute(
+                    "INSERT INTO alert (tenant_id, episode_key, severity, title, detail,"
+                    " notify_state, notify_attempts, notify_error)"
+                    " VALUES (%s, %s, 'warning', %s, '{}', %s, 3, %s)",
+                    (mine.id, state, f"ASR low ({state})", state, error),
+                )
+        page.goto(f"/t/{mine.id}/alerts")
+        badge = page.locator("[data-notify-state='failed'] .badge")
+        assert badge.inner_text() == "failed (3)"
+        assert badge.get_attribute("title") == "webhook 9: HTTP 500"
+        assert page.locator("[data-notify-state='none']").inner_text() == "notify: no channel"
+        # Labels, names, captions and contrast in both themes (web/tests/a11y_audit.js).
+        for theme in ("light", "dark"):
+            page.evaluate(f"localStorage.setItem('cdrstats-theme', '{theme}')")
+            for url in (f"/t/{mine.id}/notifications", f"/t/{mine.id}/alerts"):
+                page.goto(url)
+                assert page.get_attribute("html", "data-bs-theme") == theme
+                assert page.evaluate(AUDIT) == [], (theme, url)
     finally:
         page.context.close()
     phone = _page(browser, server.url, PHONE)
