@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import gc
 import io
 import json
 import multiprocessing
@@ -830,6 +831,10 @@ def _map_worker(options: dict[str, Any], tasks: Any, results: Any, ref: store.Ag
     The rows are also prepared for COPY here (`Ingestor.prepare`: less for the storing
     process to do, and cheaper to send back than the mapped rows).
     """
+    # Mapping allocates a few containers per row and keeps no cycles: collecting garbage less
+    # often saves ~10 % of this process's CPU (its own process: nothing else is affected).
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
     try:
         mapping = mapping_from_options(options, "profile")
         limits = (store.MIN_START_US, wire.now_us() + store.MAX_FUTURE_US)
