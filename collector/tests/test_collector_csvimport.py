@@ -143,6 +143,15 @@ async def test_content_hash_key_dedups_files_without_a_key_column(
     assert (await run_import(database_url, tid, sid, path, "nokey")).imported == 2
     again = await run_import(database_url, tid, sid, path, "nokey")
     assert (again.imported, again.duplicates) == (0, 2)
+    # an overlapping export saved by another tool: BOM, CRLF, a blank line; the hash is of
+    # the record's bytes without BOM and line end, so the common row is still a duplicate
+    overlap = tmp_path / "overlap.csv"
+    overlap.write_bytes(
+        b"\xef\xbb\xbfstart,to\r\n2025-01-05 10:01:00,124\r\n\r\n2025-01-05 10:02:00,125\r\n"
+    )
+    third = await run_import(database_url, tid, sid, overlap, "nokey")
+    assert (third.rows_read, third.imported, third.duplicates) == (2, 1, 1)
+    assert [r["callee"] for r in cdrs(database_url, tid)] == ["123", "124", "125"]
 
 
 async def test_bom_quoted_newlines_empty_lines_missing_columns_truncated_last_line(
