@@ -701,6 +701,10 @@ class Notifier:
                     alert.id,
                 ),
             )
+            # The console's Alerts page shows notify_state: tell it (no `state`, so it is
+            # not announced as a new alert). Wakes the notifiers too, which find nothing due.
+            payload = {"tenant_id": alert.tenant_id, "alert_id": alert.id, "notify_state": state}
+            await conn.execute("SELECT pg_notify(%s, %s)", (ALERT_CHANNEL, json.dumps(payload)))
         log.info(
             "alert_notified" if state in ("sent", "none") else "alert_notify_failed",
             alert=alert.id,
