@@ -17,8 +17,10 @@ One evaluation, for each enabled rule of every tenant:
    cleared or whose condition has been absent for a whole window.
 
 In the collector, `Evaluator` runs it in the background: woken by `NOTIFY cdr_ingest` (one
-per stored batch, debounced: at most one evaluation per `min_interval_s`) and every
-`tick_s`; `pg_try_advisory_lock` makes sure one collector process evaluates at a time.
+per stored batch) and `NOTIFY cdrstats_auth_failure` (a live message carried failed
+registrations, for `scanner` rules), debounced: at most one evaluation per
+`min_interval_s`, and every `tick_s`; `pg_try_advisory_lock` makes sure one collector
+process evaluates at a time.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from cdrstats_agent import logs
 from cdrstats_agent.firewall import IPAddress
 from psycopg import errors as pgerrors
 
-from . import alerts, audit, commands, keys, rules
+from . import alerts, audit, authfail, commands, keys, rules
 from .store import NOTIFY_CHANNEL
 
 log = logs.get_logger("cdrstats.collector.evaluator")
@@ -348,6 +350,95 @@ _EVENT_WHAT = {
     "short_calls": "short answered calls",
     "scanner": "failed calls",
 }
+_SCANNER_WHAT = {
+    (True, False): "failed calls",
+    (False, True): "failed registrations",
+    (True, True): "failed calls and registrations",
+}
+_CALL_ONLY_SCOPE = frozenset({"trunk", "dest_prefix", "dest_country", "direction"})
+"""Scope keys a failed registration has no value for: with one, only calls are counted."""
+
+
+async def _observe_scanner(
+    conn: psycopg.AsyncConnection[Any], rule: dict[str, Any], now: datetime
+) -> list[Observation]:
+    """Failed calls (CDRs) plus failed registrations the switches reported on the live
+    channel (`auth_failure_minute`, counted by the minute: the window's first minute counts
+    whole), per switch and source address."""
+    params, scope = rule["params"], rule["scope"]
+    start = now - timedelta(seconds=rule["window_s"])
+    args: dict[str, Any] = {"t": rule["tenant_id"], "ws": start, "we": now}
+    args["codes"] = list(SCANNER_SIP_CODES)
+    calls_sql = (
+        "SELECT s.name, host(c.src_ip), count(*)::int, min(c.start_time), max(c.start_time),"
+        " (array_agg(c.callee ORDER BY c.start_time DESC))[1:5],"
+        " array_remove(array_agg(DISTINCT c.dest_country), NULL)"
+        " FROM cdr c JOIN switch s ON s.tenant_id = c.tenant_id AND s.id = c.switch_id"
+        " WHERE c.tenant_id = %(t)s AND c.start_time >= %(ws)s AND c.start_time < %(we)s"
+        f"{_scope_sql(rule, args)} AND c.src_ip IS NOT NULL"
+        " AND (c.disposition = 'FAILED' OR c.sip_code = ANY(%(codes)s)) GROUP BY 1, 2"
+    )
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    cur = await conn.execute(calls_sql, args)
+    for name, ip, n, first, last, callees, countries in await cur.fetchall():
+        found[(name, ip)] = {
+            "calls": n,
+            "regs": 0,
+            "first": first,
+            "last": last,
+            "callees": list(callees or []),
+            "countries": list(countries or []),
+            "usernames": [],
+        }
+    if params.get("registrations", True) and not set(scope) & _CALL_ONLY_SCOPE:
+        reg_sql = (
+            "SELECT s.name, host(a.src_ip), sum(a.failures)::int, min(a.first_at),"
+            " max(a.last_at), jsonb_agg(to_jsonb(a.usernames) ORDER BY a.minute DESC)"
+            " FROM auth_failure_minute a"
+            " JOIN switch s ON s.tenant_id = a.tenant_id AND s.id = a.switch_id"
+            " WHERE a.tenant_id = %(t)s AND a.minute >= date_trunc('minute', %(ws)s)"
+            " AND a.minute < %(we)s AND a.first_at < %(we)s"
+            + (" AND s.name = %(scope_switch)s" if "switch" in scope else "")
+            + " GROUP BY 1, 2"
+        )
+        cur = await conn.execute(reg_sql, args)
+        for name, ip, n, first, last, names in await cur.fetchall():
+            slot = found.setdefault(
+                (name, ip),
+                {"calls": 0, "first": first, "last": last, "callees": [], "countries": []},
+            )
+            slot["regs"] = n
+            slot["first"] = min(slot["first"], first)
+            slot["last"] = max(slot["last"], last)
+            tried: list[str] = []
+            for minute_names in names or []:
+                tried += [u for u in minute_names if u not in tried]
+            slot["usernames"] = tried[:10]
+    out = []
+    for (name, ip), v in sorted(found.items()):
+        total = v["calls"] + v["regs"]
+        if total < params["count"]:
+            continue
+        detail: dict[str, Any] = {
+            "metric": "scanner",
+            "value": total,
+            "threshold": params["count"],
+            "window_s": rule["window_s"],
+            "failed_calls": v["calls"],
+            "failed_registrations": v["regs"],
+            "first_call": v["first"].isoformat(),  # first and last attempt (call or REGISTER)
+            "last_call": v["last"].isoformat(),
+            "callees": v["callees"],
+            "countries": v["countries"],
+            "usernames": v["usernames"],
+            "switch": name,
+            "source_ip": ip,
+        }
+        key = _episode_key(["switch", "ip"], (name, ip))
+        ob = Observation(key, float(total), True, True, detail)
+        ob.switch, ob.ip = name, ip
+        out.append(ob)
+    return out
 
 
 async def _observe_event(
@@ -357,6 +448,8 @@ async def _observe_event(
     lists: dict[str, list[str]],
 ) -> list[Observation]:
     params, kind = rule["params"], rule["kind"]
+    if kind == "scanner":
+        return await _observe_scanner(conn, rule, now)
     start = now - timedelta(seconds=rule["window_s"])
     args: dict[str, Any] = {"t": rule["tenant_id"], "ws": start, "we": now}
     group = _GROUP[params["per"]]
@@ -378,9 +471,6 @@ async def _observe_event(
     elif kind == "short_calls":
         cond = "c.disposition = 'ANSWERED' AND c.billsec < %(max_billsec)s"
         args["max_billsec"] = params["max_billsec"]
-    elif kind == "scanner":
-        cond = "(c.disposition = 'FAILED' OR c.sip_code = ANY(%(codes)s))"
-        args["codes"] = list(SCANNER_SIP_CODES)
     else:  # new_country: no call to that country in the lookback before the window
         args["since"] = start - timedelta(days=params["lookback_days"])
         cond = (
@@ -452,7 +542,11 @@ def _title(rule: dict[str, Any], ob: Observation) -> str:
             verb = "up" if op == "rises_by_pct" else "down"
             what = f"{verb} {d.get('change_pct')} % from {base} (previous {d.get('weeks')} weeks)"
         return f"{rule['name']}: {label} {shown}{unit} {what}{where}"[:300]
-    return f"{rule['name']}: {d['value']} {_EVENT_WHAT[rule['kind']]}{where}"[:300]
+    what = _EVENT_WHAT[rule["kind"]]
+    if rule["kind"] == "scanner":
+        calls, regs = d.get("failed_calls", 1), d.get("failed_registrations", 0)
+        what = _SCANNER_WHAT.get((calls > 0, regs > 0), what)
+    return f"{rule['name']}: {d['value']} {what}{where}"[:300]
 
 
 async def _block(
@@ -662,6 +756,7 @@ class Evaluator:
                     self.database_url, autocommit=True, connect_timeout=5
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
+                    await conn.execute(f"LISTEN {authfail.NOTIFY_CHANNEL}")
                     async for _ in conn.notifies():
                         self._wake.set()
             except psycopg.Error as exc:

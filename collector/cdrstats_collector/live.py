@@ -10,7 +10,9 @@ size (413), envelope (422), agent, signature and clock window (401), content (42
 the source, event and key), then in ONE transaction: the agent row and its live stream are
 locked, a message that is not newer than the last one applied is refused (409: replay or
 stale), the events are applied per source — a snapshot replaces the source's calls,
-started/answered upsert a call, ended deletes it — the per-minute peak of the switch's calls
+started/answered upsert a call, ended deletes it — the failed registrations the message
+carries are added (authfail.py; each entry checked on its own: a bad one is counted in the
+answer and logged, not fatal), the per-minute peak of the switch's calls
 is recorded, and `NOTIFY cdrstats_live, '{"tenant_id", "switch_id", "count"}'` is sent once
 (delivered at commit). PostgreSQL unreachable: 503, nothing applied.
 
@@ -34,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import auth, replies
+from . import auth, authfail, replies
 from .agents import KnownAgent, parse_agent_id
 from .ingest import _TooLarge, read_bounded
 from .state import CollectorState, get_state
@@ -240,8 +242,12 @@ async def apply_message(
     message: wire.LiveMessage,
     *,
     stale_s: float,
+    auth_failures: list[dict[str, Any]] | None = None,
 ) -> Outcome:
-    """Apply a checked live message of `agent` in one transaction (see the module docstring)."""
+    """Apply a checked live message of `agent` in one transaction (see the module docstring).
+
+    `auth_failures` (default: the message's) are the failed registrations to store
+    (authfail.py), in the same transaction."""
     ref = agent.ref
     base = {"agent": ref.id, "tenant": ref.tenant_id, "switch": ref.switch_id}
     # Statements are pipelined: three round trips to the server whatever the message holds.
@@ -267,6 +273,8 @@ async def apply_message(
         )
         for part in message.sources:
             await _apply_source(conn, base, part, stale_s)
+        failures = message.auth_failures if auth_failures is None else auth_failures
+        await authfail.store(conn, ref.tenant_id, ref.switch_id, failures)
         cur = await conn.execute(_FINISH, base)
         counted = await cur.fetchone()
         count = int(counted[0]) if counted else 0
@@ -423,9 +431,13 @@ async def _live(request: Request, state: CollectorState) -> tuple[str, Response]
         return "invalid", _invalid(str(exc), envelope.signer)
     except RecursionError:
         return "invalid", _invalid("live message is nested too deeply", envelope.signer)
+    failures, refused = authfail.split_by_clock(message.auth_failures, wire.now_us())
+    rejected = message.auth_rejected + refused
     try:
         async with state.pool.connection() as conn:
-            outcome = await apply_message(conn, agent, message, stale_s=state.settings.live_stale_s)
+            outcome = await apply_message(
+                conn, agent, message, stale_s=state.settings.live_stale_s, auth_failures=failures
+            )
     except (psycopg.OperationalError, PoolTimeout):
         return "unavailable", _unavailable()
     except (psycopg.DataError, psycopg.IntegrityError) as exc:
@@ -440,6 +452,15 @@ async def _live(request: Request, state: CollectorState) -> tuple[str, Response]
         state.agents.forget(agent_id)
         return "unauthorized", _unauthorized(outcome.reason, envelope.signer)
     state.metrics.live_events.inc(message.event_count)
+    if rejected:
+        # A plugin (or agent) bug, or a switch with a wrong clock: the rest was applied.
+        log.warning(
+            "live_auth_failures_rejected",
+            agent=envelope.signer,
+            seq=message.seq,
+            rejected=len(rejected),
+            first=rejected[0][:300],
+        )
     log.debug(
         "live_applied",
         agent=envelope.signer,
@@ -448,6 +469,9 @@ async def _live(request: Request, state: CollectorState) -> tuple[str, Response]
         calls=outcome.count,
     )
     body = {"seq": message.seq, "events": message.event_count, "calls": outcome.count}
+    if message.auth_failures or rejected:
+        body["auth_failures"] = len(failures)
+        body["auth_failures_rejected"] = len(rejected)
     return "applied", JSONResponse(body)
 
 

@@ -7,7 +7,8 @@ old aggregates deleted), and the history tables pruned (`Keep`, `[maintenance] *
 * `live_count_minute` rows older than `live_counts_days`;
 * CSV import jobs finished longer ago than `imports_days`, with their rejected rows;
 * alerts resolved longer ago than `alerts_days` (with their notification deliveries), when
-  the `alert` table exists.
+  the `alert` table exists;
+* failed registrations per minute (`auth_failure_minute`) older than `auth_failures_days`.
 
 Active blocks, pending commands, running imports and open alerts are never touched.
 Run by every `cdrstats serve` (at start, then every hour) and by `cdrstats db maintain`.
@@ -33,11 +34,12 @@ class Keep:
     live_counts_days: int = 90
     imports_days: int = 90
     alerts_days: int = 180
+    auth_failures_days: int = 7
 
     @classmethod
     def from_settings(cls, s: Settings) -> Keep:
         return cls(s.commands_keep_days, s.live_counts_keep_days, s.imports_keep_days,
-                   s.alerts_keep_days)  # fmt: skip
+                   s.alerts_keep_days, s.auth_failures_keep_days)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +52,7 @@ class Pruned:
     import_jobs: int = 0
     import_rejects: int = 0
     alerts: int = 0
+    auth_failures: int = 0
 
     def log_fields(self) -> dict[str, int]:
         return {f"{name}_pruned": getattr(self, name) for name in self.__slots__}
@@ -90,6 +93,9 @@ _PRUNE = {
         "DELETE FROM alert WHERE state = 'resolved'"
         " AND resolved_at < now() - make_interval(days => %(d)s)"
     ),
+    "auth_failures": (
+        "DELETE FROM auth_failure_minute WHERE minute < now() - make_interval(days => %(d)s)"
+    ),
 }
 
 
@@ -102,13 +108,17 @@ async def prune(conn: psycopg.AsyncConnection[Any], keep: Keep) -> Pruned:
         "import_rejects": keep.imports_days,
         "import_jobs": keep.imports_days,
         "alerts": keep.alerts_days,
+        "auth_failures": keep.auth_failures_days,
     }
-    cur = await conn.execute("SELECT to_regclass('alert') IS NOT NULL")
+    # Tables of later migrations may not exist yet in a database being upgraded.
+    cur = await conn.execute(
+        "SELECT to_regclass('alert') IS NULL, to_regclass('auth_failure_minute') IS NULL"
+    )
     row = await cur.fetchone()
-    has_alerts = bool(row and row[0])
+    missing = {n for n, gone in zip(("alerts", "auth_failures"), row or (), strict=False) if gone}
     counts: dict[str, int] = {}
     for name, sql in _PRUNE.items():
-        if name == "alerts" and not has_alerts:
+        if name in missing:
             counts[name] = 0
             continue
         async with conn.transaction():

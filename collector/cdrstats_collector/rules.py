@@ -80,7 +80,7 @@ _EVENT_PARAMS: dict[str, dict[str, _Spec]] = {
     "blacklist": {"count": (int, 1, 1, 1_000_000)},
     "new_country": {"lookback_days": (int, 365, 1, 3650)},
     "short_calls": {"count": (int, 10, 1, 1_000_000), "max_billsec": (int, 6, 1, 3600)},
-    "scanner": {"count": (int, 20, 1, 1_000_000)},
+    "scanner": {"count": (int, 20, 1, 1_000_000), "registrations": (bool, True, 0, 1)},
 }
 _DEFAULT_PER = {
     "risk_destination": "source_ip",
@@ -190,6 +190,11 @@ def _params(kind: str, value: Any) -> dict[str, Any]:
                 raise RuleError(f"params.{key}: required for kind {kind}")
             if default is not None:
                 out[key] = default
+            continue
+        if typ is bool:
+            if not isinstance(item, bool):
+                raise RuleError(f"params.{key}: must be true or false")
+            out[key] = item
             continue
         out[key] = _number(f"params.{key}", item, typ, low, high)
     per_default = _DEFAULT_PER.get(kind, "tenant")

@@ -23,6 +23,7 @@ The database URL comes from, in order: `--database-url`, the environment variabl
     live_counts_keep_days = 90  # live_count_minute rows kept this long
     imports_keep_days = 90    # finished CSV import jobs and their rejected rows
     alerts_keep_days = 180    # resolved alerts (and their notification deliveries)
+    auth_failures_keep_days = 7  # failed registrations per minute (auth_failure_minute)
 
     [commands]                # docs/actions.md
     command_ttl_s = 300       # a command not delivered within this expires
@@ -101,6 +102,7 @@ class Settings:
     live_counts_keep_days: int = 90
     imports_keep_days: int = 90
     alerts_keep_days: int = 180
+    auth_failures_keep_days: int = 7
     command_ttl_s: int = 300
     max_active_blocks: int = 1000
     default_block_ttl_s: int = 3600
@@ -178,6 +180,9 @@ def _from_table(doc: Mapping[str, Any], url: str | None) -> Settings:
             "imports_keep_days", defaults.imports_keep_days, minimum=1
         ),
         "alerts_keep_days": maint.integer("alerts_keep_days", defaults.alerts_keep_days, minimum=1),
+        "auth_failures_keep_days": maint.integer(
+            "auth_failures_keep_days", defaults.auth_failures_keep_days, minimum=1
+        ),
         "command_ttl_s": cmds.integer("command_ttl_s", defaults.command_ttl_s, minimum=10),
         "max_active_blocks": cmds.integer(
             "max_active_blocks", defaults.max_active_blocks, minimum=1

@@ -45,7 +45,7 @@ def test_parse_rule_normalizes_and_fills_defaults() -> None:
         "snooze_s": 3600,
     }
     scan = rules.parse_rule({"name": "s", "kind": "scanner", "window_s": 300})
-    assert scan["params"] == {"count": 20, "per": "source_ip"}
+    assert scan["params"] == {"count": 20, "registrations": True, "per": "source_ip"}
     # Read-only fields sent back by a client are ignored.
     assert rules.parse_rule({**GOOD, "id": 7, "created_at": "x"})["name"] == "low ASR"
 
@@ -119,7 +119,7 @@ async def test_rule_storage_is_audited_and_names_are_unique(database_url: str) -
             await rules.update_rule(conn, tid + 1, made["id"], {"enabled": False}, "bob")
         # A new kind does not inherit the old kind's parameters.
         scan = await rules.update_rule(conn, tid, made["id"], {"kind": "scanner"}, "bob")
-        assert scan["params"] == {"count": 20, "per": "source_ip"}
+        assert scan["params"] == {"count": 20, "registrations": True, "per": "source_ip"}
         assert [r["id"] for r in await rules.list_rules(conn, tid)] == [made["id"]]
         assert await rules.get_rule(conn, tid + 1, made["id"]) is None
         assert not await rules.delete_rule(conn, tid + 1, made["id"], "eve")
