@@ -44,7 +44,7 @@ KIND_LABELS = {
     "blacklist": "Calls to blacklisted destinations",
     "new_country": "First calls to a new country",
     "short_calls": "Bursts of short calls",
-    "scanner": "Failed calls from one source IP (scanner)",
+    "scanner": "Failed calls or registrations from one source IP (scanner)",
 }
 
 
@@ -54,7 +54,10 @@ def params_of(kind: str) -> tuple[str, ...]:
 
 
 def _number(text: str) -> Any:
-    """A form value as int or float when it is one; the text otherwise (parse_rule names it)."""
+    """A form value as int, float or bool (`true`/`false`) when it is one; the text otherwise
+    (parse_rule names it)."""
+    if text in ("true", "false"):
+        return text == "true"
     try:
         return int(text)
     except ValueError:
