@@ -184,6 +184,8 @@ class Mapping:
         self.encoding = codecs.lookup(spec.encoding).name
         self._bound: dict[object, _Bound | Rejection] = {}
         self._parsers: dict[tuple[str, ...], TimeParser] = {}
+        self._by_input: dict[int, TimeParser] = {}
+        """The parser of each time `FieldInput` of the spec (by id: they live as long)."""
         self._splitter = CsvSplitter(delimiter=spec.delimiter, quotechar=spec.quotechar)
         self._known_counts = tuple(sorted({len(layout) for layout in spec.layouts}))
         self.quote_recovered = 0
@@ -424,7 +426,12 @@ class Mapping:
                 continue
             value, index, source = got
             try:
-                stamps[slot] = self._parser(source.time_formats or spec.time_formats)(value)
+                parse = self._by_input.get(id(source))
+                if parse is None:
+                    parse = self._by_input[id(source)] = self._parser(
+                        source.time_formats or spec.time_formats
+                    )
+                stamps[slot] = parse(value)
             except StampError as exc:
                 raise _Reject(f"{self._where(bound, index)}: {exc}: {_show(value)}") from None
 
@@ -680,10 +687,12 @@ def _pick(
     """The first non-empty value among a field's columns: (value, column index, input)."""
     for index, source in sources:
         value = values[index].strip()
-        if source.transform == "callerid_name":
-            value = split_callerid(value)[0]
-        elif source.transform == "callerid_number":
-            value = split_callerid(value)[1]
+        if source.transform is not None:  # (only the TRANSFORMS)
+            name, number = split_callerid(value)
+            if source.transform == "callerid_name":
+                value = name
+            elif source.transform == "callerid_number":
+                value = number
         if value:
             return value, index, source
     return None
