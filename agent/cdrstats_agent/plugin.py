@@ -140,14 +140,14 @@ class AuthFailure:
     reason     short text: the switch's event name or cause ("InvalidPassword",
                "sofia::register_failure", "FailedACL").
     transport  "udp", "tcp", "tls", "ws", "wss" or "sctp", when known.
-    method     "REGISTER" (default) or "INVITE" (a call attempt whose authentication failed).
+    method     "REGISTER", or "INVITE" (a call attempt whose authentication failed), when known.
     service    the switch's part that refused it ("PJSIP", "SIP", a Sofia profile name...).
 
     Example:
 
         AuthFailure("203.0.113.5", at=1764064800.2, src_port=5060, username="1001",
                     sip_code=403, reason="sofia::register_failure", transport="udp",
-                    service="internal")
+                    method="REGISTER", service="internal")
     """
 
     src_ip: str
@@ -157,7 +157,7 @@ class AuthFailure:
     sip_code: int | None = None
     reason: str | None = None
     transport: str | None = None
-    method: str = "REGISTER"
+    method: str | None = None
     service: str | None = None
 
 

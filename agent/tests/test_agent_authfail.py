@@ -57,7 +57,6 @@ def test_conversion_keeps_good_fields_and_reports_bad_ones() -> None:
         "source": "fs",
         "at": 1764064800000000,
         "src_ip": "2001:db8::7",
-        "method": "REGISTER",  # the default
     }
     assert len(problems) == 3
     assert "src_port must be an integer from 1 to 65535" in problems[0]

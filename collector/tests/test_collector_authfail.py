@@ -60,7 +60,7 @@ def test_live_message_stores_failures_per_minute_and_counts_bad_ones(
     agent = collector_server.enroll()
     url, db = collector_server.url, collector_server.database_url
     now = datetime.now().astimezone().replace(second=30, microsecond=0) - 3 * M
-    good = flood("203.0.113.5", now, 25, span_s=60, transport="udp", service="PJSIP")
+    good = flood("203.0.113.5", now, 25, transport="udp", method="REGISTER", service="PJSIP")
     good += [failure("198.51.100.9", now, username="admin", sip_code=403, reason="FailedACL")]
     bad = [
         {**good[0], "src_ip": "not-an-ip"},

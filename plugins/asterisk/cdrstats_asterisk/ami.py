@@ -8,6 +8,10 @@ to us instead of being reconnected behind our back every 2 s without backoff. `A
 owns the loop: connect, log in, `CoreShowChannels` snapshot, then events; a `Ping` every
 `ping_interval` that gets no answer within `reply_timeout` drops the connection (a peer that
 stops answering keeps its TCP socket open); reconnection with exponential backoff.
+
+Security events of SIP services (`InvalidPassword`, `ChallengeResponseFailed`,
+`InvalidAccountID`, `FailedACL`: security.py) become `AuthFailure`s, for scanner detection,
+unless `auth_failures = false`. The manager user needs `read = security` for them.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from typing import Any
 from cdrstats_agent.errors import SourceError
 from cdrstats_agent.logs import get_logger
 from cdrstats_agent.options import Options
-from cdrstats_agent.plugin import LiveEvent
+from cdrstats_agent.plugin import AuthFailure, LiveEvent
 from panoramisk import Manager
 
 from .livestate import LiveState
+from .security import security_event_to_failure
 
 log = get_logger("cdrstats.plugins.asterisk.ami")
 _PANORAMISK_LOG = logging.getLogger("cdrstats.plugins.asterisk.panoramisk")
@@ -52,6 +57,8 @@ class AmiConfig:
     connect_timeout: float = 10.0
     backoff_min: float = 1.0
     backoff_max: float = 60.0
+    auth_failures: bool = True
+    """Report failed SIP authentications (AMI security events) for scanner detection."""
     trunks: frozenset[str] = frozenset()
 
     @classmethod
@@ -67,6 +74,7 @@ class AmiConfig:
             connect_timeout=opts.number("connect_timeout", 10.0, minimum=0.05),
             backoff_min=opts.number("backoff_min", 1.0, minimum=0.01),
             backoff_max=opts.number("backoff_max", 60.0, minimum=0.01),
+            auth_failures=opts.flag("auth_failures", True),
             trunks=trunks,
         )
         opts.finish()
@@ -203,8 +211,9 @@ class AmiLive:
                 f"no answer to {what} within {self.config.reply_timeout:g} s"
             ) from None
 
-    async def events(self) -> AsyncIterator[LiveEvent]:
-        """Live events until cancelled: a snapshot after each login, then call events."""
+    async def events(self) -> AsyncIterator[LiveEvent | AuthFailure]:
+        """Live events until cancelled: a snapshot after each login, then call events (and
+        failed SIP authentications)."""
         config = self.config
         backoff = config.backoff_min
         while True:
@@ -270,7 +279,7 @@ class AmiLive:
             )
         return self.state.snapshot([dict(m) for m in listing[1:]], at)
 
-    async def _session(self, manager: _Manager) -> AsyncIterator[LiveEvent]:
+    async def _session(self, manager: _Manager) -> AsyncIterator[LiveEvent | AuthFailure]:
         config = self.config
         loop = asyncio.get_running_loop()
         yield await self._snapshot(manager)
@@ -302,5 +311,10 @@ class AmiLive:
             if getter not in done or getter.cancelled():
                 continue
             message: Mapping[str, Any] = dict(getter.result())
+            if config.auth_failures:
+                failure = security_event_to_failure(message)
+                if failure is not None:
+                    yield failure
+                    continue
             for event in self.state.apply(message):
                 yield event

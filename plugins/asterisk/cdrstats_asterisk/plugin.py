@@ -16,7 +16,7 @@ from typing import Any
 from cdrstats_agent.errors import ConfigError, SourceError
 from cdrstats_agent.logs import get_logger
 from cdrstats_agent.options import Options
-from cdrstats_agent.plugin import ActionHandler, LiveEvent, ReadResult, Source
+from cdrstats_agent.plugin import ActionHandler, AuthFailure, LiveEvent, ReadResult, Source
 from cdrstats_csv.config import read_mapping
 from cdrstats_csv.plugin import COMPRESSED, CsvSource
 
@@ -47,7 +47,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "pgsql": ("conninfo", "table", "id_column", "lookback", "connect_timeout"),
     "sqlite": ("path", "table", "id_column", "lookback", "connect_timeout"),
     "ami": ("host", "port", "username", "secret", "snapshot_interval", "ping_interval",
-            "reply_timeout", "connect_timeout", "backoff_min", "backoff_max"),
+            "reply_timeout", "connect_timeout", "backoff_min", "backoff_max", "auth_failures"),
 }  # fmt: skip
 """Every option, by store (`mysql` also stands for `mysql-legacy`); kept in step with the
 README by a test."""
@@ -70,7 +70,8 @@ _COMMON = """\
 # interval = 1.0
 # chunk_cdrs = 1000
 # start_at = "beginning"   # or "end"
-# Live calls over the Asterisk Manager Interface (manager.conf user with read=call,system).
+# Live calls over the Asterisk Manager Interface (manager.conf user with
+# read=call,system,security: security for failed SIP registrations, scanner detection).
 # [source.ami]
 # host = "127.0.0.1"
 # port = 5038
@@ -79,6 +80,7 @@ _COMMON = """\
 # snapshot_interval = 30.0   # seconds between CoreShowChannels snapshots
 # ping_interval = 10.0       # a peer that does not answer a Ping within reply_timeout
 # reply_timeout = 10.0       #   is dropped and reconnected
+# auth_failures = true       # report failed SIP authentications (InvalidPassword...)
 """
 
 SAMPLES: dict[str, str] = {
@@ -327,5 +329,5 @@ class AsteriskLiveSource(AsteriskSource):
 
     ami: AmiConfig
 
-    def live(self) -> AsyncIterator[LiveEvent]:
+    def live(self) -> AsyncIterator[LiveEvent | AuthFailure]:
         return AmiLive(self.name, self.ami).events()

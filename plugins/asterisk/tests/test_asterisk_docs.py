@@ -46,7 +46,7 @@ def test_every_option_is_documented_and_accepted(group: str) -> None:
 def test_common_and_ami_options_are_accepted() -> None:
     table = {k: VALUES[k] for k in OPTIONS["common"]}
     table["ami"] = {k: VALUES.get(k, 1.0) for k in OPTIONS["ami"]}
-    table["ami"].update(port=5038, username="u", secret="s")
+    table["ami"].update(port=5038, username="u", secret="s", auth_failures=False)
     source = make_source(table)
     assert source.ami is not None and source.ami.backoff_max == 1.0
 
