@@ -1,10 +1,12 @@
 """The Notifications page in a real Chromium: add a webhook (its secret shown once), send a
-test that reaches a real receiver signed with that secret, disable it; the alerts'
-notification state; desktop and phone screenshots, no horizontal scroll, the accessibility
+test that reaches a real receiver signed with that secret, an alert delivered to it (its
+notification state turning to sent on the Alerts page without a reload), disable it; the
+alerts' notification states; desktop and phone screenshots, no horizontal scroll, the accessibility
 audit in both themes."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ from test_web_a11y_browser import AUDIT
 from test_web_loop_browser import PHONE, _login, _no_horizontal_scroll, _page, _shot
 from web_testkit import chromium_or_skip, fresh_tenant, shared_server
 
-from collector.tests.notify_testkit import HookServer
+from collector.tests.notify_testkit import HookServer, add_alert
 from tests.fix_db import CollectorServer
 
 
@@ -42,17 +44,36 @@ def server(
         yield s
 
 
+class GatedHooks(HookServer):
+    """A webhook receiver that holds every request until `gate` is set (at most 10 s)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.gate.set()
+        handler = self.server.RequestHandlerClass
+        gate = self.gate
+
+        class Gated(handler):  # type: ignore[misc,valid-type]
+            def do_POST(self) -> None:
+                gate.wait(10)
+                super().do_POST()
+
+        self.server.RequestHandlerClass = Gated
+
+
 @pytest.fixture
-def hooks() -> Iterator[HookServer]:
-    receiver = HookServer()
+def hooks() -> Iterator[GatedHooks]:
+    receiver = GatedHooks()
     try:
         yield receiver
     finally:
+        receiver.gate.set()
         receiver.close()
 
 
 def test_add_a_webhook_and_send_a_test(
-    browser: Any, server: CollectorServer, hooks: HookServer
+    browser: Any, server: CollectorServer, hooks: GatedHooks
 ) -> None:
     mine = fresh_tenant(server.database_url)
     page = _page(browser, server.url)
@@ -87,6 +108,25 @@ def test_add_a_webhook_and_send_a_test(
         ts, sig = hook.headers["x-cdrstats-timestamp"], hook.headers["x-cdrstats-signature"]
         assert notify.verify(secret, ts, hook.body, sig)
         assert "ok" in page.inner_text(f"tr[data-channel-id='{channel_id}'] [data-test]")
+
+        # An alert: the Alerts page shows it pending, then sent, without a reload (the
+        # notifier's NOTIFY after the delivery).
+        page.goto(f"/t/{mine.id}/alerts")
+        page.evaluate("window.__sameDocument = 'yes'")
+        hooks.gate.clear()  # the receiver holds the delivery until the page shows it pending
+        with psycopg.connect(server.database_url, autocommit=True) as conn:
+            alert = add_alert(conn, mine.id, "critical", title="Scanner 198.51.100.4")
+        row = f"tr[data-alert-id='{alert}']"
+        page.locator(
+            f"{row} [data-notify-state='pending'], {row} [data-notify-state='sending']"
+        ).wait_for()
+        hooks.gate.set()
+        page.locator(f"{row} [data-notify-state='sent']").wait_for()
+        assert page.evaluate("window.__sameDocument") == "yes"
+        assert [h.doc["alert"]["id"] for h in hooks.at("/ok/browser")][1:] == [alert]
+        page.goto(f"/t/{mine.id}/notifications")
+        delivered = page.inner_text(f"tr[data-channel-id='{channel_id}'] [data-delivery]")
+        assert "sent" in delivered and f"alert {alert}, attempt 1" in delivered
 
         page.get_by_role("button", name=f"Disable channel {channel_id}").click()
         page.locator("#notify-saved").wait_for()
