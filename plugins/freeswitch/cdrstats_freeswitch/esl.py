@@ -15,6 +15,14 @@ backoff: an operator fixes the config, the agent picks it up without a restart o
 
 The translation of events and `show calls` rows into LiveEvents is pure (`event_to_live`,
 `snapshot_from_calls`) and tested with recorded data.
+
+Failed registrations: with `auth_failures` on (the default) the subscription adds
+`CUSTOM sofia::register_failure`, which mod_sofia fires (sofia_reg.c) when it answers a
+REGISTER, or an INVITE it authenticates, with 403 Forbidden (a wrong password, an unknown
+user): headers `profile-name`, `to-user`, `to-host`, `network-ip`, `network-port`,
+`user-agent`, `registration-type` (`REGISTER` or `INVITE`). `register_failure_to_auth` turns
+one into an `AuthFailure` for scanner detection. (A 401 challenge is not a failure: every
+client gets one first.)
 """
 
 from __future__ import annotations
@@ -31,11 +39,13 @@ from typing import Any
 
 from cdrstats_agent.logs import get_logger
 from cdrstats_agent.normalize import q850_from_text
-from cdrstats_agent.plugin import LiveEvent
+from cdrstats_agent.plugin import AuthFailure, LiveEvent
 
 log = get_logger("cdrstats.plugins.freeswitch.esl")
 
 EVENTS = ("CHANNEL_CREATE", "CHANNEL_ANSWER", "CHANNEL_HANGUP_COMPLETE", "HEARTBEAT")
+REGISTER_FAILURE = "sofia::register_failure"
+"""The CUSTOM event subclass of a failed registration (subscribed with `auth_failures`)."""
 _KINDS = {
     "CHANNEL_CREATE": "started",
     "CHANNEL_ANSWER": "answered",
@@ -58,6 +68,7 @@ class EslSettings:
     command_timeout_s: float = 5.0
     connect_timeout_s: float = 5.0
     backoff_max_s: float = 30.0
+    auth_failures: bool = True
 
 
 # --- pure translation ---------------------------------------------------------------------
@@ -139,6 +150,34 @@ def event_to_live(headers: Mapping[str, str]) -> LiveEvent | None:
     return LiveEvent(kind=kind, call_id=call_id, at=at, data=data)
 
 
+def register_failure_to_auth(headers: Mapping[str, str]) -> AuthFailure | None:
+    """The `AuthFailure` of a `CUSTOM sofia::register_failure` event, or None."""
+    if headers.get("Event-Subclass") != REGISTER_FAILURE:
+        return None
+    ip = (headers.get("network-ip") or "").strip()
+    if not ip:
+        return None
+    method = (headers.get("registration-type") or "REGISTER").strip().upper()
+    return AuthFailure(
+        ip,
+        at=_micro(headers.get("Event-Date-Timestamp")) or time.time(),
+        src_port=_int(headers.get("network-port")) or None,
+        username=headers.get("to-user") or None,
+        sip_code=403,  # mod_sofia fires it only when it answers 403 Forbidden
+        reason=REGISTER_FAILURE,
+        method=method if method.isalpha() else None,
+        service=headers.get("profile-name") or None,
+    )
+
+
+def subscription(settings: EslSettings) -> str:
+    """The `event plain` command: the call events, then the CUSTOM subclasses (last)."""
+    command = "event plain " + " ".join(EVENTS)
+    if settings.auth_failures:
+        command += " CUSTOM " + REGISTER_FAILURE
+    return command
+
+
 def snapshot_from_calls(body: str, at: float | None = None) -> LiveEvent:
     """A `snapshot` from the body of `api show calls as json`.
 
@@ -189,7 +228,7 @@ class _Session:
     def __init__(
         self,
         settings: EslSettings,
-        emit: Callable[[LiveEvent], None],
+        emit: Callable[[LiveEvent | AuthFailure], None],
         stopping: threading.Event,
         resync: threading.Event,
     ) -> None:
@@ -212,6 +251,11 @@ class _Session:
             if live is not None:
                 self.emit(live)
 
+        def on_register_failure(event: Any) -> None:
+            failure = register_failure_to_auth(event.headers)
+            if failure is not None:
+                self.emit(failure)
+
         try:
             try:
                 with gevent.Timeout(s.connect_timeout_s + s.command_timeout_s):
@@ -231,8 +275,10 @@ class _Session:
                 ) from None
             for name in EVENTS[:-1]:
                 conn.register_handle(name, on_event)
+            # greenswitch dispatches CUSTOM events by their Event-Subclass.
+            conn.register_handle(REGISTER_FAILURE, on_register_failure)
             conn.register_handle("DISCONNECT", lambda _e: lost.set())
-            reply = self._send(conn, "event plain " + " ".join(EVENTS))
+            reply = self._send(conn, subscription(s))
             if not reply.startswith("+OK"):
                 raise ConnectionError(f"event subscription refused: {reply}")
             log.info("esl_connected", host=s.host, port=s.port)
@@ -294,7 +340,7 @@ class EslLive:
 
     def _thread_main(
         self,
-        emit: Callable[[LiveEvent], None],
+        emit: Callable[[LiveEvent | AuthFailure], None],
         stopping: threading.Event,
         resync: threading.Event,
     ) -> None:
@@ -338,20 +384,21 @@ class EslLive:
                 )
             stopping.wait(delay)
 
-    async def events(self) -> AsyncGenerator[LiveEvent, None]:
+    async def events(self) -> AsyncGenerator[LiveEvent | AuthFailure, None]:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[LiveEvent] = asyncio.Queue(QUEUE_MAX)
+        queue: asyncio.Queue[LiveEvent | AuthFailure] = asyncio.Queue(QUEUE_MAX)
         stopping = threading.Event()
         resync = threading.Event()
 
-        def put(event: LiveEvent) -> None:
+        def put(event: LiveEvent | AuthFailure) -> None:
             try:
                 queue.put_nowait(event)
             except asyncio.QueueFull:
                 self.stats["dropped"] += 1
-                resync.set()  # a snapshot will put the state right
+                if isinstance(event, LiveEvent):
+                    resync.set()  # a snapshot will put the state right
 
-        def emit(event: LiveEvent) -> None:
+        def emit(event: LiveEvent | AuthFailure) -> None:
             with contextlib.suppress(RuntimeError):  # loop closed while stopping
                 loop.call_soon_threadsafe(put, event)
 

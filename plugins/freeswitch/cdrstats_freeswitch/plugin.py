@@ -18,7 +18,7 @@ from typing import Any
 
 from cdrstats_agent.errors import ConfigError
 from cdrstats_agent.options import Options
-from cdrstats_agent.plugin import ActionHandler, LiveEvent, ReadResult
+from cdrstats_agent.plugin import ActionHandler, AuthFailure, LiveEvent, ReadResult
 from cdrstats_csv.records import Template
 
 from .csv_source import TEMPLATES, CsvSource
@@ -53,6 +53,7 @@ ESL = """\
 # command_timeout_s = 5.0
 # connect_timeout_s = 5.0
 # backoff_max_s = 30.0
+# auth_failures = true       # failed registrations (CUSTOM sofia::register_failure)
 """
 
 SAMPLE_CSV = f"""\
@@ -152,7 +153,7 @@ class FreeswitchLiveSource(FreeswitchSource):
         super().__init__(store)
         self.esl = esl
 
-    async def live(self) -> AsyncGenerator[LiveEvent, None]:
+    async def live(self) -> AsyncGenerator[LiveEvent | AuthFailure, None]:
         async for event in self.esl.events():
             yield event
 
@@ -217,6 +218,7 @@ def _esl(opts: Options) -> EslSettings | None:
         command_timeout_s=esl.number("command_timeout_s", 5.0, minimum=0.05),
         connect_timeout_s=esl.number("connect_timeout_s", 5.0, minimum=0.05),
         backoff_max_s=esl.number("backoff_max_s", 30.0, minimum=0.05),
+        auth_failures=esl.flag("auth_failures", True),
     )
     esl.finish()
     if ":" in settings.host:

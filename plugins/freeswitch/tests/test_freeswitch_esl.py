@@ -112,9 +112,10 @@ async def test_events_and_snapshots_from_the_wire() -> None:
         await wait_until(lambda: peer.subscribed() >= 1, 10, "the event subscription")
         await wait_until(lambda: live.snapshots() >= 1, 10, "the first snapshot")
         assert live.events[0].calls[0]["state"] == "ringing"
-        assert "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE HEARTBEAT" in (
-            peer.commands
-        )
+        assert (
+            "event plain CHANNEL_CREATE CHANNEL_ANSWER CHANNEL_HANGUP_COMPLETE HEARTBEAT"
+            " CUSTOM sofia::register_failure"
+        ) in peer.commands
         peer.send_event(recorded("CHANNEL_CREATE"))
         peer.send_event(recorded("HEARTBEAT"))
         peer.send_event(recorded("CHANNEL_ANSWER"))
