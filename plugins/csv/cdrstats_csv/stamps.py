@@ -283,17 +283,39 @@ def time_parser(formats: Sequence[str], zone: tzinfo) -> TimeParser:
     parses millions of stamps with the same formats).
     """
     fixed = _fixed_offset(zone)
+    hours: dict[tuple[int, int, int, int], timedelta | None] = {}
 
     def to_utc(stamp: datetime) -> tuple[datetime, ...]:
         if stamp.tzinfo is not None and stamp.utcoffset() is not None:
             return (stamp.astimezone(UTC),)
         if fixed is not None:
             return ((stamp - fixed).replace(tzinfo=UTC),)  # (the fast path does this inline)
-        return local_candidates(stamp, zone)
+        hour = (stamp.year, stamp.month, stamp.day, stamp.hour)
+        offset = hours.get(hour, _UNKNOWN)
+        if offset is _UNKNOWN:
+            if len(hours) >= 10_000:
+                hours.clear()
+            offset = hours[hour] = _steady_offset(stamp, zone)
+        if offset is not None:
+            return ((stamp - offset).replace(tzinfo=UTC),)
+        return local_candidates(stamp, zone)  # an hour with a DST change: each stamp alone
 
     def step(fmt: str) -> Callable[[str], tuple[datetime, ...] | None]:
         if fmt in ("epoch", "epoch_ms", "epoch_us"):
-            return lambda text: _parse_one(text, fmt, zone)
+            unit = {"epoch": 1_000_000, "epoch_ms": 1000, "epoch_us": 1}[fmt]
+            limit = 10**11 * (1_000_000 // unit)
+
+            def epoch(text: str) -> tuple[datetime, ...] | None:
+                if text.isdigit() and text.isascii():  # whole numbers: exact without Decimal
+                    value = int(text)
+                    if value <= limit:
+                        try:
+                            return (_EPOCH + timedelta(microseconds=value * unit),)
+                        except OverflowError:
+                            return None
+                return _parse_one(text, fmt, zone)
+
+            return epoch
         fromiso = datetime.fromisoformat
         if fmt == "iso8601":
 
@@ -362,6 +384,27 @@ def time_parser(formats: Sequence[str], zone: tzinfo) -> TimeParser:
         raise StampError(message)
 
     return parse
+
+
+_UNKNOWN = timedelta(days=-99_999)  # (a sentinel: no zone has this offset)
+
+
+def _steady_offset(naive: datetime, zone: tzinfo) -> timedelta | None:
+    """The zone's UTC offset during the whole wall-clock hour of `naive` if it is one offset
+    with no gap nor overlap in that hour (then every stamp of the hour has one instant),
+    else None."""
+    start = naive.replace(minute=0, second=0, microsecond=0, fold=0)
+    end = start.replace(minute=59, second=59, microsecond=999_999)
+    offsets = {
+        zone.utcoffset(start),
+        zone.utcoffset(start.replace(fold=1)),
+        zone.utcoffset(end),
+        zone.utcoffset(end.replace(fold=1)),
+    }
+    if len(offsets) != 1:
+        return None
+    (offset,) = offsets
+    return offset
 
 
 def parse_duration(text: str, unit: str) -> int | None:

@@ -29,7 +29,14 @@ from cdrstats_csv.records import (
     split_csv,
     split_records,
 )
-from cdrstats_csv.stamps import MAX_DURATION, StampError, parse_duration, parse_time, time_parser
+from cdrstats_csv.stamps import (
+    MAX_DURATION,
+    StampError,
+    local_candidates,
+    parse_duration,
+    parse_time,
+    time_parser,
+)
 from csv_testkit import CASES
 
 CASE_DIRS = sorted(p for p in CASES.iterdir() if (p / "input.csv").exists())
@@ -308,3 +315,57 @@ def test_split_records_agrees_with_its_reference(final: bool) -> None:
                 want.lines,
                 want.open_quote,
             ), buf
+
+
+@pytest.mark.parametrize(
+    "zone_name", ["Europe/Paris", "America/St_Johns", "Australia/Lord_Howe", "America/Sao_Paulo"]
+)
+def test_hour_offsets_agree_with_local_candidates_around_transitions(zone_name: str) -> None:
+    """time_parser keeps one UTC offset per wall-clock hour without a DST change; every
+    10 minutes over the days around each 2024 transition (and a quiet day) it agrees with
+    `local_candidates`, stamp by stamp, gaps and overlaps included."""
+    from datetime import datetime
+
+    zone = ZoneInfo(zone_name)
+    parse = time_parser(["%Y-%m-%d %H:%M:%S"], zone)
+    starts = []
+    day = datetime(2024, 1, 1)
+    while day.year == 2024:  # the days whose offset at noon differs from the day before
+        if zone.utcoffset(day + timedelta(hours=12)) != zone.utcoffset(day - timedelta(hours=12)):
+            starts.append(day - timedelta(days=1))
+        day += timedelta(days=1)
+    starts.append(datetime(2024, 7, 10))
+    checked = 0
+    for first in starts:
+        for step in range(3 * 24 * 6):
+            naive = first + timedelta(minutes=10 * step)
+            for text in (naive.strftime("%Y-%m-%d %H:%M:%S"), naive.strftime("%Y-%m-%d %H:%M:59")):
+                at = datetime.strptime(text, "%Y-%m-%d %H:%M:%S")
+                assert parse(text) == local_candidates(at, zone), text
+                checked += 1
+    assert checked >= 2 * 3 * 24 * 6 * (
+        1 + (zone_name != "America/Sao_Paulo")
+    )  # (no DST since 2019)
+
+
+def test_whole_epochs_agree_with_decimal() -> None:
+    for fmt in ("epoch", "epoch_ms", "epoch_us"):
+        parse = time_parser([fmt], UTC)
+        scale = {"epoch": 1, "epoch_ms": 1000, "epoch_us": 1_000_000}[fmt]
+        for text in ["1738577045", "0", "31536000", "99999999999", "100000000000", "1738577045.5"]:
+            text = text if "." in text else str(int(text) * scale)
+            for candidate in (
+                text,
+                str(10**11 * scale),
+                str(10**11 * scale + 1),
+                "12345678901234567890123",
+            ):
+                try:
+                    expected: object = parse_time(candidate, [fmt], UTC)
+                except StampError as exc:
+                    expected = str(exc)
+                try:
+                    got: object = parse(candidate)
+                except StampError as exc:
+                    got = str(exc)
+                assert got == expected, (fmt, candidate)
