@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from cdrstats_agent import scaffold
-from cdrstats_agent.plugin import LiveEvent, ReadResult
+from cdrstats_agent.plugin import AuthFailure, LiveEvent, ReadResult
 from cdrstats_agent.testing import SourceContract, action_problems, live_event_problems
 
 
@@ -151,7 +151,14 @@ def test_live_event_shape() -> None:
     assert any("at must be epoch seconds" in p for p in problems)
     assert any("needs a non-empty str call_id" in p for p in problems)
     assert any("['sip_code'] must be an int" in p for p in problems)
-    assert live_event_problems({"kind": "started"}) == ["live() yielded dict, not a LiveEvent"]
+    assert live_event_problems({"kind": "started"}) == [
+        "live() yielded dict, not a LiveEvent or AuthFailure"
+    ]
+    # Failed registrations (scanner detection) are checked as the agent converts them.
+    assert live_event_problems(AuthFailure("203.0.113.5", at=1764064800.0, sip_code=403)) == []
+    bad = live_event_problems(AuthFailure("203.0.113.5", at=1764064800.0, src_port=0))
+    assert bad and "src_port" in bad[0]
+    assert "the agent drops it" in live_event_problems(AuthFailure("nowhere", at=1.0))[0]
     snapshot = LiveEvent("snapshot", at=1.0, calls=({"state": "talking"},))
     assert any("needs a non-empty str 'call_id'" in p for p in live_event_problems(snapshot))
     assert any("['state'] must be one of" in p for p in live_event_problems(snapshot))

@@ -14,7 +14,7 @@ import pytest
 from .. import plugin as api
 from ..config import parse_config
 from ..errors import ConfigError
-from ..plugin import LiveEvent, Plugin, ReadResult, Source
+from ..plugin import AuthFailure, LiveEvent, Plugin, ReadResult, Source
 
 LIVE_KINDS: tuple[str, ...] = getattr(
     api, "LIVE_KINDS", ("started", "answered", "ended", "snapshot")
@@ -119,10 +119,23 @@ def _value_problems(where: str, data: Any) -> list[str]:
     return problems
 
 
+def auth_failure_problems(item: AuthFailure) -> list[str]:
+    """What is wrong with a failed registration (empty when the agent forwards it whole)."""
+    from .. import wire
+
+    try:
+        return wire.auth_failure_to_wire("contract", item)[1]
+    except wire.WireError as exc:
+        return [f"{exc} (the agent drops it)"]
+
+
 def live_event_problems(event: Any) -> list[str]:
-    """What is wrong with a live event (empty when it has the documented shape)."""
+    """What is wrong with a live event or failed registration (empty when it has the
+    documented shape)."""
+    if isinstance(event, AuthFailure):
+        return auth_failure_problems(event)
     if not isinstance(event, LiveEvent):
-        return [f"live() yielded {type(event).__name__}, not a LiveEvent"]
+        return [f"live() yielded {type(event).__name__}, not a LiveEvent or AuthFailure"]
     problems = []
     if event.kind not in LIVE_KINDS:
         problems.append(f"kind {event.kind!r} is not one of {LIVE_KINDS}")
@@ -342,7 +355,10 @@ class SourceContract:
                 " calls as configured; give the feed a live_options() to test them"
             )
         assert events, f"live() yielded nothing in {self.live_timeout:g} s (a snapshot comes first)"
-        assert getattr(events[0], "kind", None) == "snapshot", "the first live event is a snapshot"
+        calls = [e for e in events if not isinstance(e, AuthFailure)]  # these need no snapshot
+        assert not calls or getattr(calls[0], "kind", None) == "snapshot", (
+            "the first live event is a snapshot"
+        )
         for event in events:
             assert not live_event_problems(event), live_event_problems(event)
 
