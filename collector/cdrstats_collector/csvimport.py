@@ -825,7 +825,7 @@ def _receive(queue: Any, workers: list[Any], stop: threading.Event) -> tuple[str
 
 
 def _map_worker(options: dict[str, Any], tasks: Any, results: Any, ref: store.AgentRef) -> None:
-    """Child process: map (seq, header, [(line, record bytes)], offset) tasks until None; put
+    """Child process: map (seq, header, *`_pack`ed records, offset) tasks until None; put
     ("batch", seq, _Batch) or ("error", -1, message) on `results`.
 
     The rows are also prepared for COPY here (`Ingestor.prepare`: less for the storing
