@@ -452,6 +452,8 @@ async def _live(request: Request, state: CollectorState) -> tuple[str, Response]
         state.agents.forget(agent_id)
         return "unauthorized", _unauthorized(outcome.reason, envelope.signer)
     state.metrics.live_events.inc(message.event_count)
+    state.metrics.auth_failures.labels("stored").inc(len(failures))
+    state.metrics.auth_failures.labels("rejected").inc(len(rejected))
     if rejected:
         # A plugin (or agent) bug, or a switch with a wrong clock: the rest was applied.
         log.warning(

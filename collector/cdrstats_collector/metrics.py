@@ -65,6 +65,14 @@ class Metrics:
             "Live-call events in applied messages (a snapshot counts as one)",
             registry=self.registry,
         )
+        self.auth_failures = Counter(
+            "cdrstats_auth_failures",
+            "Failed SIP registrations reported by switches (live messages), by result",
+            ["result"],
+            registry=self.registry,
+        )
+        for result in ("stored", "rejected"):
+            self.auth_failures.labels(result)
         for result in LIVE_RESULTS:
             self.live_messages.labels(result)
         for result in BATCH_RESULTS:

@@ -111,6 +111,9 @@ def test_live_message_stores_failures_per_minute_and_counts_bad_ones(
     assert scanner[1][4:] == ("1024", 401, None, "REGISTER", "udp", "ast1")
     acl = [r for r in rows if r[0] == "198.51.100.9"]
     assert [(r[2], r[3], r[6]) for r in acl] == [(1, ["admin"], "FailedACL")]
+    metrics = httpx.get(url + "/metrics", timeout=30).text
+    assert 'cdrstats_auth_failures_total{result="stored"} 29.0' in metrics
+    assert 'cdrstats_auth_failures_total{result="rejected"} 2.0' in metrics
     log = collector_server.log_path.read_text(errors="replace")
     assert "live_auth_failures_rejected" in log and "is not an IP address" in log
 
