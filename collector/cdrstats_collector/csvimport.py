@@ -446,6 +446,7 @@ class Importer:
         tenant_id: int,
         switch_id: int,
         progress: Callable[[Progress], None] | None = None,
+        created: Callable[[Progress], None] | None = None,
     ) -> None:
         self.conn = conn
         self.ingestor = ingestor
@@ -453,6 +454,8 @@ class Importer:
         self.switch_id = switch_id
         self.ref = store.AgentRef(import_agent_id(tenant_id), tenant_id, switch_id)
         self.on_progress = progress
+        self.on_created = created
+        """Called once the job's row is committed (the HTTP API answers 202 then)."""
         self._inflight: asyncio.Task[None] | None = None
 
     async def _tenant_timezone(self) -> str:
@@ -540,6 +543,8 @@ class Importer:
             job.bytes_total = size
             job.notified_at = time.monotonic()
             await self.conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, job.payload()))
+        if self.on_created is not None:
+            self.on_created(job)
 
     async def _fail(self, job: Progress, message: str) -> None:
         job.status, job.error = "failed", message

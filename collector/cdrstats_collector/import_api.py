@@ -404,61 +404,6 @@ async def sweep_stale(pool: Any, tenant_id: int) -> int:
     return len(rows)
 
 
-class UploadImporter(csvimport.Importer):
-    """An Importer that takes the mapping options themselves (a profile or an explicit
-    mapping) and tells the caller once its job row exists.
-
-    `run_options` follows `Importer.run` step by step, with the options given instead of a
-    profile name (TODO: use `Importer.run(options=...)` once csvimport offers it).
-    """
-
-    def __init__(self, *args: Any, created: concurrent.futures.Future[None], **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.created = created
-
-    async def _create_job(self, *args: Any, **kw: Any) -> None:
-        await super()._create_job(*args, **kw)
-        if not self.created.done():
-            self.created.set_result(None)
-
-    async def run_options(
-        self,
-        path: Path,
-        label: str,
-        profile: dict[str, Any],
-        *,
-        timezone: str | None,
-        created_by: str,
-        job_id: uuid.UUID,
-        file_name: str,
-    ) -> csvimport.Progress:
-        tenant_zone = await self._tenant_timezone()
-        size, sample = await asyncio.to_thread(csvimport._head, path)
-        job = csvimport.Progress(job_id, self.tenant_id)
-        try:
-            detected = csvdetect.detect(sample, complete=len(sample) >= size)
-        except csvdetect.NotText as exc:
-            await self._create_job(job, label, profile, file_name, size, created_by)
-            await self._fail(job, f"{file_name}: {exc}")
-            raise csvimport.CsvImportError(f"{file_name}: {exc}") from None
-        options = csvimport.resolve_options(
-            profile, detected, timezone=timezone, default_timezone=tenant_zone
-        )
-        mapping_from_options(options, "profile")  # a bad profile: ConfigError, no job
-        await self._create_job(job, label, options, file_name, size, created_by)
-        try:
-            await self._stream(path, options, detected.bom, size, job)
-        except csvimport.CsvImportError as exc:
-            await self._fail(job, str(exc))
-            raise
-        except BaseException as exc:
-            await self._fail(job, f"import stopped: {type(exc).__name__}: {exc}")
-            raise
-        job.status = "done"
-        await self._update(job, csvimport._Batch())
-        return job
-
-
 @dataclasses.dataclass(frozen=True)
 class JobSpec:
     database_url: str
@@ -487,18 +432,23 @@ async def _import(spec: JobSpec, created: concurrent.futures.Future[None]) -> No
             created.set_exception(exc)
         raise
     async with conn:
-        importer = UploadImporter(
+
+        def job_created(_: csvimport.Progress) -> None:
+            if not created.done():
+                created.set_result(None)
+
+        importer = csvimport.Importer(
             conn,
             store.Ingestor(aggregates=spec.aggregates),
             tenant_id=spec.tenant_id,
             switch_id=spec.switch_id,
-            created=created,
+            created=job_created,
         )
         try:
-            job = await importer.run_options(
+            job = await importer.run(
                 spec.path,
                 spec.label,
-                spec.profile,
+                options=spec.profile,
                 timezone=spec.timezone,
                 created_by=spec.created_by,
                 job_id=spec.job_id,
