@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from . import auth, authfail, replies
+from . import accountcodes, auth, authfail, replies
 from .agents import KnownAgent, parse_agent_id
 from .ingest import _TooLarge, read_bounded
 from .state import CollectorState, get_state
@@ -72,6 +72,8 @@ _TEXT_COPY2 = ("user_agent", "read_codec", "write_codec", "direction")
 def _fields(data: dict[str, Any]) -> dict[str, Any]:
     """Row values present in a checked data map (absent keys stay absent)."""
     out = {k: data[k] for k in (*_TEXT_COPY, *_TEXT_COPY2) if k in data}
+    if not out.get("accountcode", True):
+        del out["accountcode"]  # an empty code is no code: the call keeps its tenant
     if "state" in data:
         out["state"] = data["state"]
     if "start" in data:
@@ -130,9 +132,10 @@ def reduce_events(events: list[dict[str, Any]]) -> Net:
 # --- the transaction -----------------------------------------------------------------------------
 
 _LOCK = (
-    b"SELECT a.revoked_at IS NOT NULL, l.stream, l.seq, l.sent_at"
-    b" FROM agent a JOIN live_agent l ON l.agent_id = a.id WHERE a.id = %(agent)s"
-    b" FOR UPDATE OF l"
+    b"SELECT a.revoked_at IS NOT NULL, l.stream, l.seq, l.sent_at, v.n, v.top"
+    b" FROM agent a JOIN live_agent l ON l.agent_id = a.id"
+    b" CROSS JOIN (" + accountcodes.VERSION_SQL.encode() + b") AS v(n, top)"
+    b" WHERE a.id = %(agent)s FOR UPDATE OF l"
 )
 _ENSURE_AGENT = (
     b"INSERT INTO live_agent (agent_id, stream, seq, sent_at)"
@@ -142,85 +145,115 @@ _ADVANCE = (
     b"UPDATE live_agent SET stream = %(stream)s, seq = %(seq)s, sent_at = %(sent_at)s,"
     b" received_at = now() WHERE agent_id = %(agent)s"
 )
-# One statement per source: lock the source row and remember whether it had expired, upsert
-# it, and delete its calls when a snapshot replaces them or when it had expired (a source that
-# expired is not brought back by events alone: its stored calls are stale).
+# One statement per source: lock the source's rows (one per tenant with calls on it) and
+# remember whether they had expired, upsert the rows of the tenants the message's calls go
+# to, refresh the others, and delete the calls a snapshot leaves out, or all of them when the
+# source had expired (a source that expired is not brought back by events alone: its stored
+# calls are stale).
 _SOURCE = (
     b"WITH old AS ("
-    b"  SELECT expires_at <= now() AS expired FROM live_source"
-    b"  WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
-    b"  FOR UPDATE),"
+    b"  SELECT coalesce(bool_or(x.expired), false) AS expired FROM ("
+    b"   SELECT expires_at <= now() AS expired FROM live_source"
+    b"   WHERE switch_id = %(switch)s AND source = %(source)s FOR UPDATE) AS x),"
     b" up AS ("
     b"  INSERT INTO live_source AS s"
     b"  (tenant_id, switch_id, source, agent_id, seen_at, expires_at, snapshot_at)"
-    b"  VALUES (%(tenant)s, %(switch)s, %(source)s, %(agent)s, now(),"
-    b"          now() + make_interval(secs => %(stale)s),"
-    b"          CASE WHEN %(snapshot)s::boolean THEN now() END)"
+    b"  SELECT t, %(switch)s, %(source)s, %(agent)s, now(),"
+    b"   now() + make_interval(secs => %(stale)s), CASE WHEN %(snapshot)s::boolean THEN now() END"
+    b"  FROM unnest(%(tenants)s::int8[]) AS t"
     b"  ON CONFLICT (tenant_id, switch_id, source) DO UPDATE SET"
     b"   agent_id = EXCLUDED.agent_id, seen_at = now(), expires_at = EXCLUDED.expires_at,"
-    b"   snapshot_at = coalesce(EXCLUDED.snapshot_at, s.snapshot_at))"
-    b" DELETE FROM live_call"
-    b" WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
-    b"  AND (%(snapshot)s::boolean OR coalesce((SELECT expired FROM old), false))"
+    b"   snapshot_at = coalesce(EXCLUDED.snapshot_at, s.snapshot_at)),"
+    b" others AS ("
+    b"  UPDATE live_source SET agent_id = %(agent)s, seen_at = now(),"
+    b"   expires_at = now() + make_interval(secs => %(stale)s),"
+    b"   snapshot_at = CASE WHEN %(snapshot)s::boolean THEN now() ELSE snapshot_at END"
+    b"  WHERE switch_id = %(switch)s AND source = %(source)s"
+    b"   AND tenant_id <> ALL(%(tenants)s::int8[]))"
+    b" DELETE FROM live_call WHERE switch_id = %(switch)s AND source = %(source)s"
+    b"  AND ((SELECT expired FROM old)"
+    b"       OR (%(snapshot)s::boolean AND call_id <> ALL(%(keep)s::text[])))"
 )
-_CLEAR = (
-    b"DELETE FROM live_call"
-    b" WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND source = %(source)s"
+_DELETE = (
+    b"DELETE FROM live_call WHERE switch_id = %(switch)s AND source = %(source)s"
+    b" AND call_id = ANY(%(ids)s::text[])"
 )
-_DELETE = _CLEAR + b" AND call_id = ANY(%(ids)s::text[])"
-_UPSERT = (
-    b"INSERT INTO live_call AS c (tenant_id, switch_id, source, agent_id, call_id, state,"
-    b" direction, caller, callee, caller_name, accountcode, started_at, answered_at, src_ip,"
-    b" trunk, user_agent, read_codec, write_codec, event_at, updated_at)"
-    b" SELECT %(tenant)s, %(switch)s, %(source)s, %(agent)s, u.call_id, u.state,"
-    b"  coalesce(u.direction, 'unknown'), u.caller, u.callee, u.caller_name, u.accountcode,"
-    b"  u.started_at, u.answered_at, u.src_ip, u.trunk, u.user_agent, u.read_codec,"
-    b"  u.write_codec, u.event_at, now()"
-    b" FROM unnest(%(call_id)s::text[], %(state)s::text[], %(direction)s::text[],"
-    b"  %(caller)s::text[], %(callee)s::text[], %(caller_name)s::text[],"
-    b"  %(accountcode)s::text[], %(started_at)s::timestamptz[], %(answered_at)s::timestamptz[],"
-    b"  %(src_ip)s::inet[], %(trunk)s::text[], %(user_agent)s::text[], %(read_codec)s::text[],"
-    b"  %(write_codec)s::text[], %(event_at)s::timestamptz[])"
-    b" AS u(call_id, state, direction, caller, callee, caller_name, accountcode, started_at,"
-    b"  answered_at, src_ip, trunk, user_agent, read_codec, write_codec, event_at)"
-    b" ON CONFLICT (tenant_id, switch_id, source, call_id) DO UPDATE SET"
-    b"  agent_id = EXCLUDED.agent_id, state = EXCLUDED.state,"
-    b"  direction = CASE WHEN EXCLUDED.direction = 'unknown' THEN c.direction"
-    b"                   ELSE EXCLUDED.direction END,"
-    b"  caller = coalesce(EXCLUDED.caller, c.caller),"
-    b"  callee = coalesce(EXCLUDED.callee, c.callee),"
-    b"  caller_name = coalesce(EXCLUDED.caller_name, c.caller_name),"
-    b"  accountcode = coalesce(EXCLUDED.accountcode, c.accountcode),"
-    b"  started_at = coalesce(EXCLUDED.started_at, c.started_at),"
-    b"  answered_at = coalesce(EXCLUDED.answered_at, c.answered_at),"
-    b"  src_ip = coalesce(EXCLUDED.src_ip, c.src_ip),"
-    b"  trunk = coalesce(EXCLUDED.trunk, c.trunk),"
-    b"  user_agent = coalesce(EXCLUDED.user_agent, c.user_agent),"
-    b"  read_codec = coalesce(EXCLUDED.read_codec, c.read_codec),"
-    b"  write_codec = coalesce(EXCLUDED.write_codec, c.write_codec),"
-    b"  event_at = EXCLUDED.event_at, updated_at = now()"
-)
-# Calls in progress on the switch, its per-minute peak, and the one notification.
+
+
+def _upsert(replace: bool) -> bytes:
+    """Insert or update calls. Events merge (a value left out keeps the stored one); a
+    snapshot replaces (its view of the call is the whole row). In both, a call whose code is
+    left out keeps its tenant and its code; with a code, it goes to the code's tenant."""
+
+    def value(col: str) -> str:
+        return f"EXCLUDED.{col}" if replace else f"coalesce(EXCLUDED.{col}, c.{col})"
+
+    direction = (
+        "EXCLUDED.direction"
+        if replace
+        else "CASE WHEN EXCLUDED.direction = 'unknown' THEN c.direction ELSE EXCLUDED.direction END"
+    )
+    kept = ("caller", "callee", "caller_name", "started_at", "answered_at", "src_ip", "trunk")
+    kept2 = ("user_agent", "read_codec", "write_codec")
+    return (
+        "INSERT INTO live_call AS c (tenant_id, switch_id, source, agent_id, call_id, state,"
+        " direction, caller, callee, caller_name, accountcode, started_at, answered_at, src_ip,"
+        " trunk, user_agent, read_codec, write_codec, event_at, updated_at)"
+        " SELECT u.tenant_id, %(switch)s, %(source)s, %(agent)s, u.call_id, u.state,"
+        "  coalesce(u.direction, 'unknown'), u.caller, u.callee, u.caller_name, u.accountcode,"
+        "  u.started_at, u.answered_at, u.src_ip, u.trunk, u.user_agent, u.read_codec,"
+        "  u.write_codec, u.event_at, now()"
+        " FROM unnest(%(tenant_id)s::int8[], %(call_id)s::text[], %(state)s::text[],"
+        "  %(direction)s::text[], %(caller)s::text[], %(callee)s::text[],"
+        "  %(caller_name)s::text[], %(accountcode)s::text[], %(started_at)s::timestamptz[],"
+        "  %(answered_at)s::timestamptz[], %(src_ip)s::inet[], %(trunk)s::text[],"
+        "  %(user_agent)s::text[], %(read_codec)s::text[], %(write_codec)s::text[],"
+        "  %(event_at)s::timestamptz[])"
+        " AS u(tenant_id, call_id, state, direction, caller, callee, caller_name, accountcode,"
+        "  started_at, answered_at, src_ip, trunk, user_agent, read_codec, write_codec, event_at)"
+        " ON CONFLICT (switch_id, source, call_id) DO UPDATE SET"
+        "  tenant_id = CASE WHEN EXCLUDED.accountcode IS NULL THEN c.tenant_id"
+        "                   ELSE EXCLUDED.tenant_id END,"
+        "  accountcode = coalesce(EXCLUDED.accountcode, c.accountcode),"
+        "  agent_id = EXCLUDED.agent_id, state = EXCLUDED.state,"
+        f" direction = {direction},"
+        + "".join(f" {col} = {value(col)}," for col in (*kept, *kept2))
+        + " event_at = EXCLUDED.event_at, updated_at = now()"
+    ).encode()
+
+
+_MERGE = _upsert(replace=False)
+_REPLACE = _upsert(replace=True)
+
+# Calls in progress on the switch per tenant (the switch's tenant always), each tenant's
+# per-minute peak and notification, and the live_source rows of mapped tenants left without
+# a call removed.
 _FINISH = (
     b"WITH n AS ("
-    b"  SELECT count(c.call_id) AS calls FROM live_source s"
+    b"  SELECT s.tenant_id, count(c.call_id) AS calls FROM live_source s"
     b"  LEFT JOIN live_call c USING (tenant_id, switch_id, source)"
-    b"  WHERE s.tenant_id = %(tenant)s AND s.switch_id = %(switch)s AND s.expires_at > now()),"
+    b"  WHERE s.switch_id = %(switch)s AND s.expires_at > now() GROUP BY s.tenant_id"
+    b"  UNION ALL SELECT %(tenant)s, 0 WHERE NOT EXISTS (SELECT FROM live_source"
+    b"   WHERE tenant_id = %(tenant)s AND switch_id = %(switch)s AND expires_at > now())),"
     b" peak AS ("
     b"  INSERT INTO live_count_minute AS m (tenant_id, switch_id, minute, calls_max)"
-    b"  SELECT %(tenant)s, %(switch)s, date_trunc('minute', now()), calls FROM n"
+    b"  SELECT tenant_id, %(switch)s, date_trunc('minute', now()), calls FROM n"
     b"  ON CONFLICT (tenant_id, switch_id, minute)"
-    b"  DO UPDATE SET calls_max = greatest(m.calls_max, EXCLUDED.calls_max))"
-    b" SELECT calls, pg_notify('" + NOTIFY_CHANNEL.encode() + b"', jsonb_build_object("
-    b"  'tenant_id', %(tenant)s::bigint, 'switch_id', %(switch)s::bigint, 'count', calls)::text)"
-    b" FROM n"
+    b"  DO UPDATE SET calls_max = greatest(m.calls_max, EXCLUDED.calls_max)),"
+    b" gone AS ("
+    b"  DELETE FROM live_source s WHERE s.switch_id = %(switch)s AND s.tenant_id <> %(tenant)s"
+    b"  AND NOT EXISTS (SELECT FROM live_call c WHERE c.tenant_id = s.tenant_id"
+    b"   AND c.switch_id = s.switch_id AND c.source = s.source))"
+    b" SELECT tenant_id, calls, pg_notify('" + NOTIFY_CHANNEL.encode() + b"', jsonb_build_object("
+    b"  'tenant_id', tenant_id, 'switch_id', %(switch)s::bigint, 'count', calls)::text)"
+    b" FROM n ORDER BY tenant_id"
 )
 
 
 @dataclass(frozen=True, slots=True)
 class Applied:
     count: int
-    """Calls in progress on the agent's switch after the message."""
+    """Calls in progress on the agent's switch after the message (all tenants')."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,12 +275,14 @@ async def apply_message(
     message: wire.LiveMessage,
     *,
     stale_s: float,
+    codes: accountcodes.AccountCodeCache,
     auth_failures: list[dict[str, Any]] | None = None,
 ) -> Outcome:
     """Apply a checked live message of `agent` in one transaction (see the module docstring).
 
-    `auth_failures` (default: the message's) are the failed registrations to store
-    (authfail.py), in the same transaction."""
+    `codes`: the process's account-code mappings (the ingestor's). `auth_failures` (default:
+    the message's) are the failed registrations to store (authfail.py), in the same
+    transaction."""
     ref = agent.ref
     base = {"agent": ref.id, "tenant": ref.tenant_id, "switch": ref.switch_id}
     # Statements are pipelined: three round trips to the server whatever the message holds.
@@ -260,7 +295,7 @@ async def apply_message(
         row = await cur.fetchone()
         if row is None:
             return Refused("unknown agent")
-        revoked, stream, seq, sent_at = row
+        revoked, stream, seq, sent_at, *version = row
         if revoked:
             return Refused("agent revoked")
         if stream == message.stream and message.seq <= seq:
@@ -271,13 +306,13 @@ async def apply_message(
             _ADVANCE,
             {**base, "stream": message.stream, "seq": message.seq, "sent_at": message.sent_at},
         )
+        maps = await codes.get(conn, tuple(version))  # a round trip only when they changed
         for part in message.sources:
-            await _apply_source(conn, base, part, stale_s)
+            await _apply_source(conn, base, part, stale_s, maps)
         failures = message.auth_failures if auth_failures is None else auth_failures
         await authfail.store(conn, ref.tenant_id, ref.switch_id, failures)
         cur = await conn.execute(_FINISH, base)
-        counted = await cur.fetchone()
-        count = int(counted[0]) if counted else 0
+        count = sum(int(n) for _, n, _ in await cur.fetchall())
     return Applied(count)
 
 
@@ -286,17 +321,34 @@ async def _apply_source(
     base: dict[str, Any],
     part: wire.LiveStream,
     stale_s: float,
+    maps: accountcodes.AccountCodes,
 ) -> None:
     net = reduce_events(part.events)
+    own = base["tenant"]
     params = {**base, "source": part.source}
-    await conn.execute(_SOURCE, {**params, "stale": stale_s, "snapshot": net.replace})
+    codes = maps.codes(base["switch"])
+    rows = net.rows.values()
+    # the tenant of each call (a call whose event leaves out its code keeps its stored one)
+    tenant_of = (
+        [codes.get(r.get("accountcode") or "", own) for r in rows] if codes else [own] * len(rows)
+    )
+    await conn.execute(
+        _SOURCE,
+        {
+            **params,
+            "stale": stale_s,
+            "snapshot": net.replace,
+            "tenants": sorted({own, *tenant_of}),
+            "keep": list(net.rows) if net.replace else [],
+        },
+    )
     if not net.replace and net.ended:
         await conn.execute(_DELETE, {**params, "ids": sorted(net.ended)})
     if net.rows:
-        columns: dict[str, list[Any]] = {"call_id": list(net.rows)}
+        columns: dict[str, list[Any]] = {"tenant_id": tenant_of, "call_id": list(net.rows)}
         for key in _ROW_KEYS:
-            columns[key] = [r.get(key) for r in net.rows.values()]
-        await conn.execute(_UPSERT, {**params, **columns})
+            columns[key] = [r.get(key) for r in rows]
+        await conn.execute(_REPLACE if net.replace else _MERGE, {**params, **columns})
 
 
 async def prune(conn: psycopg.AsyncConnection[Any]) -> int:
@@ -340,14 +392,18 @@ class LiveCall:
         return out
 
 
+# Switch names as the tenant may read them (its own switches, and under `auth.tenant_connection`
+# those that carry its mapped calls: `cdrstats_visible_switches()`, migrations 0010 and 0012).
 _CALLS = (
-    "SELECT c.tenant_id, c.switch_id, w.name, c.source, c.call_id, c.state, c.direction,"
+    "SELECT c.tenant_id, c.switch_id, coalesce(w.name, 'switch ' || c.switch_id), c.source,"
+    " c.call_id, c.state, c.direction,"
     " c.caller, c.callee, c.caller_name, c.accountcode, c.started_at, c.answered_at,"
     " host(c.src_ip), c.trunk, c.user_agent, c.read_codec, c.write_codec, c.event_at,"
     " c.updated_at"
     " FROM live_call c"
     " JOIN live_source s USING (tenant_id, switch_id, source)"
-    " JOIN switch w ON w.tenant_id = c.tenant_id AND w.id = c.switch_id"
+    " LEFT JOIN (SELECT id, name FROM switch WHERE tenant_id = %(tenant)s"
+    "  UNION SELECT id, name FROM cdrstats_visible_switches()) AS w ON w.id = c.switch_id"
     " WHERE c.tenant_id = %(tenant)s AND s.expires_at > now()"
 )
 
@@ -436,7 +492,12 @@ async def _live(request: Request, state: CollectorState) -> tuple[str, Response]
     try:
         async with state.pool.connection() as conn:
             outcome = await apply_message(
-                conn, agent, message, stale_s=state.settings.live_stale_s, auth_failures=failures
+                conn,
+                agent,
+                message,
+                stale_s=state.settings.live_stale_s,
+                codes=state.ingestor.account_codes,
+                auth_failures=failures,
             )
     except (psycopg.OperationalError, PoolTimeout):
         return "unavailable", _unavailable()

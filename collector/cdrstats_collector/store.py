@@ -5,9 +5,9 @@ Pure data layer (no HTTP). For one batch of one agent, in ONE transaction:
 1. lock the agent row (`FOR NO KEY UPDATE`), then look up `(agent, seq)` in `ingest_batch`:
    unknown/revoked agent, redelivery (same body digest: the stored ack is returned) and
    replays (409) are decided here, under the lock. The same statement reads the version of
-   `accountcode_map` (count, max id): the mappings are re-read only when it changed, and
-   each row whose accountcode is mapped for this switch (or any switch) gets that tenant
-   instead of the switch's (`assign_tenants`; nothing per row when none is mapped);
+   `accountcode_map` (count, max id): the mappings (accountcodes.py) are re-read only when
+   it changed, and each row whose accountcode is mapped for this switch (or any switch)
+   gets that tenant instead of the switch's (`assign_tenants`; nothing per row when none is mapped);
 2. load the rows with a binary COPY straight into `cdr`, inside a savepoint. If a row is
    already there (unique_violation on the natural key), roll back to the savepoint and load
    through the per-connection staging table with `INSERT ... ON CONFLICT DO NOTHING`,
@@ -36,7 +36,7 @@ import re
 import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from typing import Any
 from uuid import UUID
@@ -50,7 +50,7 @@ from psycopg.postgres import types as _builtin_types
 from psycopg.pq import Format
 from psycopg.types.json import Jsonb
 
-from . import aggregates, classify, partitions
+from . import accountcodes, aggregates, classify, partitions
 
 MIN_START_US = 946_684_800_000_000
 """Calls that start before 2000-01-01 UTC are refused: a zero or garbage clock, not a call."""
@@ -147,13 +147,8 @@ _LOCK_AGENT = (
 # ... and the account-code mappings' version in the same round trip (one row always).
 _BATCH = (
     b"SELECT b.body_sha256, b.ack, v.n, v.top"
-    b" FROM (SELECT count(*), max(id) FROM accountcode_map) AS v(n, top)"
+    b" FROM (" + accountcodes.VERSION_SQL.encode() + b") AS v(n, top)"
     b" LEFT JOIN ingest_batch b ON b.agent_id = %(agent)s AND b.seq = %(seq)s"
-)
-_MAP_VERSION = b"SELECT count(*), max(id) FROM accountcode_map"
-_MAPS = (
-    b"SELECT m.accountcode, coalesce(m.switch_id, 0), m.tenant_id, t.timezone"
-    b" FROM accountcode_map m JOIN tenant t ON t.id = m.tenant_id"
 )
 _FINISH = (
     b"WITH b AS (INSERT INTO ingest_batch (agent_id, seq, body_sha256, ack)"
@@ -287,27 +282,6 @@ class _SwitchContext:
 
 
 @dataclass(slots=True)
-class _AccountCodes:
-    """The `accountcode_map` table as ingest uses it (reloaded when its version changes)."""
-
-    version: tuple[Any, ...] | None = None
-    expires: float = 0.0
-    rows: dict[int, dict[str, int]] = field(default_factory=dict)
-    """switch id (0: any switch) → accountcode → tenant id."""
-    days: dict[int, aggregates.LocalDays] = field(default_factory=dict)
-    """Local days of every tenant a mapping names."""
-    merged: dict[int, dict[str, int]] = field(default_factory=dict)
-    """switch id → what applies to it (its own mappings over the any-switch ones)."""
-
-    def codes(self, switch_id: int) -> dict[str, int]:
-        out = self.merged.get(switch_id)
-        if out is None:
-            out = {**self.rows.get(0, {}), **self.rows.get(switch_id, {})}
-            self.merged[switch_id] = out
-        return out
-
-
-@dataclass(slots=True)
 class _Loaded:
     """What a load stored: rows inserted, per tenant, and the aggregates' input."""
 
@@ -347,42 +321,14 @@ class Ingestor:
         self._switches: dict[int, _SwitchContext] = {}
         self.classifier = classify.Classifier()
         self._prefix_version: tuple[Any, ...] | None = None
-        self._codes = _AccountCodes()
+        self.account_codes = accountcodes.AccountCodeCache()
+        """The account-code mappings (shared with the live path: `state.ingestor`)."""
 
     def forget(self) -> None:
         """Drop the cached plans, timezones, prefixes and account codes (re-read next batch)."""
         self._switches.clear()
         self._prefix_version = None
-        self._codes = _AccountCodes()
-
-    async def _account_codes(
-        self, conn: psycopg.AsyncConnection[Any], version: tuple[Any, ...] | None
-    ) -> _AccountCodes:
-        """The mappings, re-read when their version (count, max id) changed.
-
-        `version` comes from the batch-state query (no extra round trip); None: ask for it.
-        Mappings are only added and removed, never updated, so (count, max id) changes with
-        every change. Tenant timezones are re-read at least every `CONTEXT_TTL_S`.
-        """
-        if version is None:
-            cur = await conn.execute(_MAP_VERSION)
-            version = tuple(await cur.fetchone() or (0, None))
-        codes = self._codes
-        now = time.monotonic()
-        if version == codes.version and (version[0] == 0 or codes.expires > now):
-            return codes
-        codes = _AccountCodes(version, now + CONTEXT_TTL_S)
-        if version[0]:
-            cur = await conn.execute(_MAPS)
-            for code, switch_id, tenant, timezone in await cur.fetchall():
-                codes.rows.setdefault(int(switch_id), {})[code] = int(tenant)
-                old = self._codes.days.get(int(tenant))
-                if old is not None and old.timezone == timezone:
-                    codes.days[int(tenant)] = old
-                else:
-                    codes.days[int(tenant)] = aggregates.LocalDays(timezone)
-        self._codes = codes
-        return codes
+        self.account_codes.forget()
 
     async def _context(self, conn: psycopg.AsyncConnection[Any], agent: AgentRef) -> _SwitchContext:
         now = time.monotonic()
@@ -586,7 +532,7 @@ class Ingestor:
     ) -> _Loaded:
         """Map account codes to tenants, classify, load, and group what was inserted."""
         ctx = await self._context(conn, ref)
-        codes = await self._account_codes(conn, version)
+        codes = await self.account_codes.get(conn, version)
         mapped = assign_tenants(rows, codes.codes(ref.switch_id), ref.tenant_id)
         self.classify_rows(rows, ctx.plan)
         if not mapped:
