@@ -79,6 +79,7 @@ def test_add_a_webhook_and_send_a_test(
     page = _page(browser, server.url)
     try:
         _login(page, mine.admin)
+        page.get_by_role("button", name="Alerts & actions").click()  # the menu holding it
         page.get_by_role("link", name="Notifications").click()
         page.wait_for_url(f"**/t/{mine.id}/notifications")
         assert "No channel yet" in page.inner_text("#channels")
