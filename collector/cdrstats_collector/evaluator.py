@@ -729,6 +729,7 @@ class Evaluator:
         self.own_addresses_ttl_s = own_addresses_ttl_s
         self.runs = 0
         self._wake = asyncio.Event()
+        self._listening = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._own: tuple[float, set[IPAddress]] = (0.0, set())
         self._last: dict[int, float] = {}
@@ -757,11 +758,22 @@ class Evaluator:
                 ) as conn:
                     await conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
                     await conn.execute(f"LISTEN {authfail.NOTIFY_CHANNEL}")
+                    self._listening.set()
                     async for _ in conn.notifies():
                         self._wake.set()
             except psycopg.Error as exc:
                 log.warning("rules_listener_down", error=str(exc).strip()[:200])
+            finally:
+                self._listening.clear()
             await asyncio.sleep(2.0)
+
+    async def wait_listening(self, within: float) -> bool:
+        """True once the LISTEN connection is up (for tests)."""
+        try:
+            await asyncio.wait_for(self._listening.wait(), within)
+        except TimeoutError:
+            return False
+        return True
 
     async def _addresses(self) -> set[IPAddress]:
         at, found = self._own

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -466,8 +466,10 @@ async def test_background_evaluator_runs_on_ingest_and_one_process_at_a_time(
         await holder.execute("SELECT pg_advisory_unlock(%s, %s)", evaluator.EVALUATOR_LOCK)
     one.start()
     try:
-        await asyncio.sleep(0.5)  # listening
-        await sw.store(spread(NOW - 2 * M, 4, span_s=30, disposition=Disposition.FAILED))
+        assert await one.wait_listening(30)
+        # The background evaluator judges at the wall clock (not at the module's NOW).
+        now = datetime.now(UTC)
+        await sw.store(spread(now - 2 * M, 4, span_s=30, disposition=Disposition.FAILED))
         async with await connect(database_url) as conn:
             for _ in range(100):  # woken by NOTIFY cdr_ingest, well before the 60 s tick
                 if await alert_rows(conn, sw.tenant_id):
