@@ -418,7 +418,7 @@ class _Batch:
 _PROGRESS = (
     "UPDATE import_job SET rows_read = %(read)s, imported = %(imported)s,"
     " duplicates = %(duplicates)s, rejected = %(rejected)s, status = %(status)s,"
-    " error = %(error)s, updated_at = now(),"
+    " error = %(error)s, bytes_read = %(bytes)s, updated_at = now(),"
     " finished_at = CASE WHEN %(status)s = 'running' THEN NULL ELSE now() END"
     " WHERE tenant_id = %(tenant)s AND id = %(job)s"
 )
@@ -572,6 +572,7 @@ class Importer:
                 "rejected": job.rejected,
                 "status": job.status,
                 "error": job.error,
+                "bytes": job.bytes_read,
                 "tenant": self.tenant_id,
                 "job": job.job_id,
             },

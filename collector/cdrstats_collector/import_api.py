@@ -118,10 +118,7 @@ class Upload:
     size: int = 0
     head: bytes = b""
     """The file's first `csvdetect.SAMPLE_BYTES`."""
-    lines: int = 0
-    """Physical lines in the file (for a progress estimate)."""
     seen_file: bool = False
-    ends_with_newline: bool = True
 
 
 class _Sink:
@@ -140,9 +137,6 @@ class _Sink:
         up.size += len(data)
         if up.size > self.limit:
             raise HTTPException(413, f"file: larger than {self.limit >> 20} MiB")
-        up.lines += data.count(b"\n")
-        if data:
-            up.ends_with_newline = data.endswith(b"\n")
         if self.out is not None:
             self.out.write(data)
 
@@ -343,12 +337,10 @@ def api_call(
 _JOB = (
     "SELECT j.id, j.status, j.error, j.rows_read, j.imported, j.duplicates, j.rejected,"
     " j.file_name, j.file_size, j.profile, s.name, j.created_by, j.started_at, j.updated_at,"
-    " j.finished_at, j.options FROM import_job j"
+    " j.finished_at, j.options, j.bytes_read FROM import_job j"
     " JOIN switch s ON s.tenant_id = j.tenant_id AND s.id = j.switch_id"
 )
 
-_ESTIMATES: dict[uuid.UUID, int] = {}
-"""Physical lines of the files this process is importing (for a progress percentage)."""
 _RUNNING: dict[uuid.UUID, threading.Thread] = {}
 
 
@@ -374,7 +366,7 @@ def _job_json(row: Any, *, options: bool = False) -> dict[str, Any]:
         "started_at": _iso(row[12]),
         "updated_at": _iso(row[13]),
         "finished_at": _iso(row[14]),
-        "lines_total": _ESTIMATES.get(job_id),
+        "bytes_read": int(row[16]),
     }
     if options:
         doc["options"] = row[15]
@@ -483,20 +475,17 @@ def _thread_main(spec: JobSpec, created: concurrent.futures.Future[None]) -> Non
 
 async def _heartbeat(pool: Any, spec: JobSpec, thread: threading.Thread) -> None:
     """Touch the job row while its thread runs (so sweep_stale leaves it alone)."""
-    try:
-        while thread.is_alive():
-            await asyncio.sleep(HEARTBEAT_S)
-            if not thread.is_alive():
-                break
-            with contextlib.suppress(psycopg.Error, PoolTimeout):
-                async with pool.connection() as conn:
-                    await conn.execute(
-                        "UPDATE import_job SET updated_at = now() WHERE tenant_id = %s"
-                        " AND id = %s AND status = 'running'",
-                        (spec.tenant_id, spec.job_id),
-                    )
-    finally:
-        _ESTIMATES.pop(spec.job_id, None)
+    while thread.is_alive():
+        await asyncio.sleep(HEARTBEAT_S)
+        if not thread.is_alive():
+            break
+        with contextlib.suppress(psycopg.Error, PoolTimeout):
+            async with pool.connection() as conn:
+                await conn.execute(
+                    "UPDATE import_job SET updated_at = now() WHERE tenant_id = %s"
+                    " AND id = %s AND status = 'running'",
+                    (spec.tenant_id, spec.job_id),
+                )
 
 
 _TASKS: set[asyncio.Task[None]] = set()
@@ -510,7 +499,7 @@ def _busy() -> HTTPException:
     )
 
 
-async def start_import(request: Request, spec: JobSpec, lines: int) -> None:
+async def start_import(request: Request, spec: JobSpec) -> None:
     """Start the job's thread; returns once its job row exists (or raises why it cannot)."""
     if len(_RUNNING) >= MAX_RUNNING:  # checked again: uploads may have arrived meanwhile
         raise _busy()
@@ -520,13 +509,8 @@ async def start_import(request: Request, spec: JobSpec, lines: int) -> None:
     )
     thread.daemon = True  # a stopping collector does not wait: the job is swept as stale
     _RUNNING[spec.job_id] = thread
-    _ESTIMATES[spec.job_id] = lines
     thread.start()
-    try:
-        await asyncio.wrap_future(created)
-    except BaseException:
-        _ESTIMATES.pop(spec.job_id, None)
-        raise
+    await asyncio.wrap_future(created)
     task = asyncio.create_task(_heartbeat(get_state(request).pool, spec, thread))
     _TASKS.add(task)
     task.add_done_callback(_TASKS.discard)
@@ -596,7 +580,7 @@ async def create_endpoint(request: Request) -> Response:
             name,
         )
         try:
-            await start_import(request, spec, up.lines + (0 if up.ends_with_newline else 1))
+            await start_import(request, spec)
         except ConfigError as exc:
             raise BadRequest(
                 "mapping" if label == CUSTOM_PROFILE else "profile", str(exc)

@@ -30,16 +30,16 @@
 
   // --- the job: progress bar, counters, summary --------------------------------------------
   var box = $("import-job");
-  var job = null;             // the job being shown: {id, lines_total, ...}
+  var job = null;             // the job being shown: {id, file_size, bytes_read, ...}
   var pending = {};           // SSE events seen before the upload answered (by job id)
   var seen = [];              // distinct percentages shown (tests read this)
   window.cdrstatsImport = { seen: seen };
 
   function percent(doc) {
     if (doc.status === "done") return 100;
-    if (!doc.lines_total) return null;
-    var rows = Math.max(1, doc.lines_total - 1);  // a header line, most of the time
-    return Math.min(99, Math.floor(100 * doc.rows_read / rows));
+    var total = doc.bytes_total || doc.file_size;  // SSE events carry bytes_total
+    if (!total || doc.bytes_read == null) return null;
+    return Math.min(99, Math.floor(100 * doc.bytes_read / total));
   }
   function fmt(n) { return Number(n || 0).toLocaleString(); }
   function render(doc) {
@@ -64,7 +64,7 @@
       $("job-progress").setAttribute("aria-valuenow", String(pct));
       $("job-progress").removeAttribute("aria-valuetext");
       if (seen[seen.length - 1] !== pct) seen.push(pct);
-    } else {  // another collector runs it: no estimate, the counters say it all
+    } else {  // no size known yet: the counters say it all
       bar.style.width = "100%";
       bar.textContent = fmt(job.rows_read) + " rows";
       $("job-progress").setAttribute("aria-valuetext", fmt(job.rows_read) + " rows read");
