@@ -153,6 +153,9 @@ def test_each_tenant_sees_only_its_calls_and_the_switch_they_came_from(
 ) -> None:
     agent, bravo = world["agent"], world["bravo"]
     ingest(database_url, agent, [(1, [call("a-call", "ACME-1"), call("b-call", "B-1")])])
+    with psycopg.connect(database_url) as conn:  # a switch no mapping names
+        sw3 = add_agent(conn, "acme", "sw3", "UTC")
+    ingest(database_url, sw3, [(1, [call("b-any", "B-ANY", minutes=1)])])
 
     async def seen(tenant: int) -> tuple[set[str], list[tuple[str, str | None]], set[str]]:
         """Calls (with switch names) and mappings a tenant reads under row-level security."""
@@ -171,8 +174,8 @@ def test_each_tenant_sees_only_its_calls_and_the_switch_they_came_from(
         return keys, [(item["key"], item["switch"]) for item in doc["items"]], maps
 
     assert asyncio.run(seen(bravo)) == (
-        {"b-call"},
-        [("b-call", "sw1")],
+        {"b-call", "b-any"},
+        [("b-any", "sw3"), ("b-call", "sw1")],
         {"B-1", "B-ANY", "ONLY-SW2", "MINE"},
     )
     assert asyncio.run(seen(agent.tenant_id)) == ({"a-call"}, [("a-call", "sw1")], {"MINE"})
