@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import audit, auth, keys, replies
+from . import audit, auth, keys, replies, shutdown
 from .agents import parse_agent_id
 from .state import get_state
 
@@ -465,6 +465,8 @@ class Waker:
         self._waiting: dict[str, set[asyncio.Event]] = {}
         self._task: asyncio.Task[None] | None = None
         self.listening = False
+        self.closing = False
+        """The server is stopping: polls answer at once (see `end_polls`)."""
 
     def subscribe(self, agent_id: str) -> asyncio.Event:
         if self._task is None or self._task.done():
@@ -497,6 +499,12 @@ class Waker:
             finally:
                 self.listening = False
             await asyncio.sleep(2.0)
+
+    def end_polls(self) -> None:
+        """Server shutdown: every waiting poll answers now (its agent polls another collector
+        or this one again once it is back), instead of holding the stop for its wait."""
+        self.closing = True
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for events in self._waiting.values():
@@ -592,6 +600,7 @@ async def poll_endpoint(request: Request) -> Response:
         if isinstance(who, Response):
             return who
         waker = _waker(request)
+        shutdown.on_exit_signal(waker.end_polls)
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             event = waker.subscribe(str(who))
@@ -600,7 +609,7 @@ async def poll_endpoint(request: Request) -> Response:
                     cur = await conn.execute(_PENDING, (who, after, MAX_DELIVERY))
                     rows = sorted(await cur.fetchall(), key=lambda r: int(r[1]))
                 left = deadline - asyncio.get_running_loop().time()
-                if rows or left <= 0:
+                if rows or left <= 0 or waker.closing:
                     break
                 if await _wait(request, event, left, waker):
                     break  # nobody to answer

@@ -303,6 +303,34 @@ def test_long_poll_is_woken_by_a_command_created_on_another_collector(
         other.stop()
 
 
+def test_a_stopping_collector_answers_waiting_polls_at_once(world: World, tmp_path: Path) -> None:
+    """SIGTERM: a poll waiting for 55 s gets its (empty) answer, so the stop is not held
+    for uvicorn's 10 s graceful timeout (the stop below would SIGKILL at 8 s)."""
+    other = CollectorServer(world.server.database_url, tmp_path / "second")
+    other.start()
+    answer: list[httpx.Response | Exception] = []
+
+    def wait_long() -> None:
+        try:
+            answer.append(poll(other.url, world.agent, wait=55))
+        except httpx.HTTPError as exc:
+            answer.append(exc)
+
+    waiting = threading.Thread(target=wait_long)
+    try:
+        waiting.start()
+        assert poll(other.url, world.agent).json()["commands"] == []
+        threading.Event().wait(1.0)  # the long poll is waiting now
+        other.stop(timeout=8)
+        waiting.join(30)
+    finally:
+        other.kill()
+    assert not waiting.is_alive()
+    (got,) = answer
+    assert isinstance(got, httpx.Response), f"the poll was cut: {got!r}\n{other.log_tail()}"
+    assert (got.status_code, got.json()) == (200, {"commands": []})
+
+
 async def test_max_active_blocks_per_switch(world: World) -> None:
     async with await psycopg.AsyncConnection.connect(
         world.server.database_url, autocommit=True

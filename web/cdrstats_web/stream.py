@@ -10,13 +10,9 @@ browser notices a dead one. `Last-Event-ID` resumes where the browser left off.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
-import threading
 from collections.abc import AsyncIterator
-from typing import Any
 
+from cdrstats_collector import shutdown
 from cdrstats_collector.realtime import Broker, Subscriber
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -37,36 +33,6 @@ async def _frames(broker: Broker, sub: Subscriber) -> AsyncIterator[bytes]:
         broker.unsubscribe(sub)
 
 
-def _end_streams_on_exit_signal(broker: Broker) -> None:
-    """Make SIGTERM / SIGINT end the open streams at once.
-
-    uvicorn waits for open responses before it stops (up to its graceful-shutdown timeout),
-    and an event stream never finishes by itself. The handler uvicorn installed is chained:
-    it still runs, after the broker was told to end its streams. Nothing is installed when no
-    Python handler is in place (not under uvicorn's signal capture) or outside the main thread;
-    uvicorn restores the original handlers when it stops serving.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        previous = signal.getsignal(sig)
-        if (
-            not callable(previous)
-            or previous is signal.default_int_handler
-            or getattr(previous, "_cdrstats_ends_streams", False)
-        ):
-            continue
-
-        def handler(signum: int, frame: Any, previous: Any = previous) -> None:
-            with contextlib.suppress(RuntimeError):  # the loop may be closed already
-                loop.call_soon_threadsafe(broker.end_streams)
-            previous(signum, frame)
-
-        handler._cdrstats_ends_streams = True  # type: ignore[attr-defined]
-        signal.signal(sig, handler)
-
-
 async def events(console: Console, request: Request) -> Response:
     try:
         _who, tenant, _ = await console.tenant_context(request)
@@ -74,7 +40,7 @@ async def events(console: Console, request: Request) -> Response:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
     # The first stream of a process starts the LISTEN connection: wait (briefly) until it is
     # up, so that a page that has its stream open also gets the next batch.
-    _end_streams_on_exit_signal(console.broker)
+    shutdown.on_exit_signal(console.broker.end_streams)  # SIGTERM ends the streams at once
     await console.broker.wait_listening(LISTEN_WAIT_S)
     sub = console.broker.subscribe(int(tenant["id"]), request.headers.get("last-event-id"))
     return StreamingResponse(
