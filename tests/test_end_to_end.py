@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,8 +35,10 @@ PARIS = ZoneInfo("Europe/Paris")
 @pytest.fixture
 def start_agent(
     tmp_path: Path, agent_factory: AgentFactory, collector_server: CollectorServer
-) -> Callable[[str], AgentProcess]:
-    """`start_agent(source)`: an agent of switch acme/pbx-paris with that `[[source]]` body."""
+) -> Iterator[Callable[[str], AgentProcess]]:
+    """`start_agent(source)`: an agent of switch acme/pbx-paris with that `[[source]]` body,
+    stopped (SIGTERM) before the collector is."""
+    started: list[AgentProcess] = []
 
     def start(source: str) -> AgentProcess:
         agent = agent_factory(
@@ -48,9 +50,12 @@ def start_agent(
         )
         agent.enroll(collector_server.url, collector_server.create_token("acme", "pbx-paris"))
         agent.start()
+        started.append(agent)
         return agent
 
-    return start
+    yield start
+    for agent in started:
+        agent.stop()
 
 
 def wait_for_rows(database_url: str, expected: int, agent: AgentProcess) -> list[dict[str, Any]]:

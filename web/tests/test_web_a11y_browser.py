@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from web_testkit import PASSWORD, Ingest, cdr, chromium_or_skip, seed, shared_server
+from web_testkit import PASSWORD, Ingest, cdr, seed, shared_server
 
 from tests.fix_db import CollectorServer
 
@@ -25,21 +25,6 @@ AUDIT = "\n".join(
     if not line.startswith("//")
 )
 """An arrow function returning the problems it finds (web/tests/a11y_audit.js)."""
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")

@@ -10,39 +10,18 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from browser_testkit import PHONE, login, new_page, shot
 from web_testkit import (
-    PASSWORD,
-    SCREENSHOTS,
     Ingest,
     LiveFeed,
     Seeded,
     cdr,
-    chromium_or_skip,
     fresh_tenant,
     seed,
     shared_server,
 )
 
 from tests.fix_db import CollectorServer
-
-DESKTOP = {"width": 1366, "height": 900}
-PHONE = {"width": 390, "height": 844}
-WAIT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -55,25 +34,6 @@ def console(
         yield server, seed(server.database_url)
 
 
-def _page(browser: Any, base: str, viewport: dict[str, int] = DESKTOP) -> Any:
-    context = browser.new_context(base_url=base, viewport=viewport)
-    context.set_default_timeout(WAIT_MS)
-    return context.new_page()
-
-
-def _login(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url("**/t/*/")
-
-
-def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def test_dashboard_updates_live_without_reload(
     browser: Any, console: tuple[CollectorServer, Seeded]
 ) -> None:
@@ -82,9 +42,9 @@ def test_dashboard_updates_live_without_reload(
     acme = mine.id
     feed = Ingest(server, server.enroll(mine.name, "pbx-paris"))
     feed.send([cdr(i, answered=i % 3 != 0) for i in range(6)])
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, mine.viewer)
+        login(page, mine.viewer)
         assert page.url.endswith(f"/t/{acme}/")
         page.wait_for_function("document.getElementById('kpi-calls').textContent === '6'")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
@@ -103,28 +63,28 @@ def test_dashboard_updates_live_without_reload(
         page.wait_for_function(
             "document.getElementById('world-map').getAttribute('data-countries') === '1'"
         )
-        _shot(page, "dashboard-desktop")
+        shot(page, "dashboard-desktop")
         # The live page shows arriving CDRs as they come.
         page.goto(f"/t/{acme}/live")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
         page.wait_for_function("document.querySelectorAll('#tail tbody tr').length === 10")
         feed.send([cdr(200)])
         page.wait_for_function("document.querySelectorAll('#tail tbody tr').length === 11")
-        _shot(page, "live-desktop")
+        shot(page, "live-desktop")
         page.goto(f"/t/{acme}/reports")
         page.wait_for_function("document.querySelectorAll('#report-table tbody tr').length === 30")
         page.get_by_label("Report", exact=True).select_option("cause")
         page.wait_for_function(
             "document.getElementById('report-table').innerText.includes('NORMAL_CLEARING')"
         )
-        _shot(page, "reports-desktop")
+        shot(page, "reports-desktop")
         page.get_by_label("Report", exact=True).select_option("compare")
         page.wait_for_function(
             "document.getElementById('report-caption').textContent.includes('same weekday')"
         )
         assert page.locator("#report-table tbody tr").count() == 5  # the day and 4 weeks back
         page.goto(f"/t/{acme}/switches")
-        _shot(page, "switches-desktop")
+        shot(page, "switches-desktop")
     finally:
         page.context.close()
 
@@ -138,9 +98,9 @@ def test_live_page_shows_a_call_appear_and_end(
     agent = server.enroll(mine.name, "pbx-paris")
     live = LiveFeed(server, agent)
     live.started("call-a", "1001", "+33142278000")
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, mine.viewer)
+        login(page, mine.viewer)
         page.goto(f"/t/{acme}/live")
         page.wait_for_function("document.getElementById('live-total').textContent === '1'")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
@@ -148,7 +108,7 @@ def test_live_page_shows_a_call_appear_and_end(
         page.wait_for_function("document.getElementById('live-total').textContent === '2'")
         table = page.inner_text("#live-calls tbody")
         assert "+442079460000" in table and "pbx-paris" in table
-        _shot(page, "live-calls-desktop")
+        shot(page, "live-calls-desktop")
         live.ended("call-a")
         page.wait_for_function("document.getElementById('live-total').textContent === '1'")
         assert page.locator("#live-calls tbody tr[data-call-id='call-a']").count() == 0
@@ -168,9 +128,9 @@ def test_cdr_search_with_filters_detail_and_export(
     acme = mine.id
     feed = Ingest(server, server.enroll(mine.name, "pbx-paris"))
     feed.send([cdr(i, answered=i % 2 == 0) for i in range(6)])
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, mine.viewer)
+        login(page, mine.viewer)
         page.goto(f"/t/{acme}/cdrs")
         page.wait_for_function("document.querySelectorAll('#cdr-table tbody tr').length === 6")
         page.get_by_label("Disposition").select_option("NO_ANSWER")
@@ -178,7 +138,7 @@ def test_cdr_search_with_filters_detail_and_export(
         page.wait_for_url("**disposition=NO_ANSWER**")
         page.wait_for_function("document.querySelectorAll('#cdr-table tbody tr').length === 3")
         assert "ANSWERED" not in page.inner_text("#cdr-table tbody").replace("NO_ANSWER", "")
-        _shot(page, "cdrs-desktop")
+        shot(page, "cdrs-desktop")
         # Sorting by callee (asked of the API, kept in the URL; again: reversed), then the
         # detail view with the raw fields.
         callee = page.locator("#cdr-table th", has=page.locator("[data-sort=callee]"))
@@ -199,7 +159,7 @@ def test_cdr_search_with_filters_detail_and_export(
         page.locator("#cdr-table tbody tr").first.click()
         page.locator("#cdr-detail.show").wait_for()
         assert "NO_ANSWER" in page.inner_text("#cdr-fields")
-        _shot(page, "cdr-detail-desktop")
+        shot(page, "cdr-detail-desktop")
         page.get_by_role("button", name="Close").click()
         page.locator("#cdr-detail").wait_for(state="hidden")
         # Export of the same search: only the three unanswered calls.
@@ -219,17 +179,17 @@ def test_admin_pages_and_enrollment_command(
 ) -> None:
     server, seeded = console
     acme = seeded.tenant_ids["acme"]
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, "alice")
+        login(page, "alice")
         page.goto(f"/t/{acme}/switches")
         page.get_by_label("Switch name").fill("pbx-lyon")
         page.get_by_role("button", name="Create token").click()
         command = page.inner_text("#enroll-command")
         assert command.startswith(f"cdrstats-agent enroll {server.url} cdrs_")
-        _shot(page, "switches-token-desktop")
+        shot(page, "switches-token-desktop")
         page.goto("/admin")
-        _shot(page, "admin-desktop")
+        shot(page, "admin-desktop")
         page.goto("/logout")  # GET is not a logout
         page.goto(f"/t/{acme}/")
         assert page.url.endswith(f"/t/{acme}/")
@@ -237,10 +197,10 @@ def test_admin_pages_and_enrollment_command(
         page.get_by_role("button", name="Switch between light and dark theme").click()
         page.reload()
         assert page.get_attribute("html", "data-bs-theme") == "dark"
-        _shot(page, "dashboard-dark-desktop")
+        shot(page, "dashboard-dark-desktop")
         page.get_by_role("button", name="Log out").click()
         page.wait_for_url("**/login")
-        _shot(page, "login-desktop")
+        shot(page, "login-desktop")
     finally:
         page.context.close()
 
@@ -250,9 +210,9 @@ def test_superadmin_switches_tenant_on_the_same_page(
 ) -> None:
     server, seeded = console
     acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, "root")
+        login(page, "root")
         page.goto(f"/t/{acme}/cdrs")
         page.get_by_label("Tenant").select_option(str(globex))
         page.wait_for_url(f"**/t/{globex}/cdrs")
@@ -266,9 +226,9 @@ def test_tenant_viewer_cannot_reach_another_tenant(
 ) -> None:
     server, seeded = console
     acme, globex = seeded.tenant_ids["acme"], seeded.tenant_ids["globex"]
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, "gina")  # viewer of globex
+        login(page, "gina")  # viewer of globex
         assert page.url.endswith(f"/t/{globex}/")
         for path in ("", "live", "cdrs", "reports", "switches"):
             response = page.goto(f"/t/{acme}/{path}")
@@ -297,9 +257,9 @@ def test_forms_without_the_csrf_token_are_refused(
 ) -> None:
     server, seeded = console
     acme = seeded.tenant_ids["acme"]
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, "alice")
+        login(page, "alice")
         page.goto(f"/t/{acme}/switches")
         page.evaluate(
             "document.querySelectorAll('#token-form input[name=csrf_token]')"
@@ -325,11 +285,11 @@ def test_phone_viewport_has_no_horizontal_scroll(
     Ingest(server, server.enroll(mine.name, "sbc-newyork-with-a-long-name")).send(
         [cdr(i) for i in range(5)]
     )
-    page = _page(browser, server.url, PHONE)
+    page = new_page(browser, server.url, PHONE)
     try:
         page.goto("/login")
-        _shot(page, "login-phone")
-        _login(page, "root")
+        shot(page, "login-phone")
+        login(page, "root")
         for path, name in (
             (f"/t/{acme}/", "dashboard"),
             (f"/t/{acme}/live", "live"),
@@ -353,7 +313,7 @@ def test_phone_viewport_has_no_horizontal_scroll(
             overflow = page.evaluate(
                 "document.documentElement.scrollWidth - document.documentElement.clientWidth"
             )
-            _shot(page, f"{name}-phone")
+            shot(page, f"{name}-phone")
             wide = page.evaluate(
                 """() => [...document.querySelectorAll('body *')]
                     .filter(e => e.getBoundingClientRect().right > window.innerWidth + 1)

@@ -13,30 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from web_testkit import PASSWORD, SCREENSHOTS, chromium_or_skip, fresh_tenant, shared_server
+from browser_testkit import DESKTOP, PHONE, login, new_page, no_horizontal_scroll, shot
+from web_testkit import fresh_tenant, shared_server
 
 from tests.fix_db import CollectorServer
 
-DESKTOP = {"width": 1366, "height": 900}
-PHONE = {"width": 390, "height": 844}
-WAIT_MS = 20_000
 ROWS = 40_000
 BAD = (7, 20_000)
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -64,42 +47,14 @@ def pbx_csv(path: Path) -> Path:
     return path
 
 
-def _page(browser: Any, base: str, viewport: dict[str, int]) -> Any:
-    context = browser.new_context(base_url=base, viewport=viewport)
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    page.on("pageerror", lambda exc: print("page error:", exc))
-    page.on("console", lambda msg: print("console:", msg.text))
-    page.on("response", lambda r: r.status >= 400 and print("http:", r.status, r.url))
-    return page
-
-
-def _login(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url("**/t/*/")
-
-
-def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def _no_horizontal_scroll(page: Any) -> None:
-    width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= PHONE["width"], f"the page is {width} px wide on a {PHONE['width']} px phone"
-
-
 def test_upload_map_import_with_progress_then_search(
     browser: Any, server: CollectorServer, tmp_path: Path
 ) -> None:
     mine = fresh_tenant(server.database_url)
     csv_file = pbx_csv(tmp_path / "pbx-export.csv")
-    page = _page(browser, server.url, DESKTOP)
+    page = new_page(browser, server.url, DESKTOP)
     try:
-        _login(page, mine.admin)
+        login(page, mine.admin)
         page.get_by_role("link", name="Import").click()
         page.wait_for_url(f"**/t/{mine.id}/import")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
@@ -124,7 +79,7 @@ def test_upload_map_import_with_progress_then_search(
             "document.getElementById('profile-status').textContent.includes('Saved')"
         )
         assert page.locator("#saved-profiles option", has_text="pbx-export").count() == 1
-        _shot(page, "import-mapping-desktop")
+        shot(page, "import-mapping-desktop")
         page.get_by_label("Switch or source these calls come from").fill("old-pbx")
         page.get_by_role("button", name="Import", exact=True).click()
         page.wait_for_function(
@@ -143,7 +98,7 @@ def test_upload_map_import_with_progress_then_search(
         report = Path(got.value.path()).read_text(encoding="utf-8").splitlines()
         assert report[0] == "line,reason,raw" and report[1].startswith("9,")
         page.wait_for_timeout(700)  # the bar's width transition (a screenshot, not a check)
-        _shot(page, "import-done-desktop")
+        shot(page, "import-done-desktop")
         job_url = page.get_attribute("#job-link", "href")
         # The job page, as another tab would see it.
         other = page.context.new_page()
@@ -163,9 +118,9 @@ def test_upload_map_import_with_progress_then_search(
     finally:
         page.context.close()
     # Phone size: the page fits, the recent imports list the job.
-    phone = _page(browser, server.url, PHONE)
+    phone = new_page(browser, server.url, PHONE)
     try:
-        _login(phone, mine.admin)
+        login(phone, mine.admin)
         phone.goto(f"/t/{mine.id}/import")
         phone.wait_for_function("document.querySelectorAll('#jobs tbody a').length === 1")
         # Dropped on the box this time (the first lines of the same export).
@@ -183,7 +138,7 @@ def test_upload_map_import_with_progress_then_search(
         phone.wait_for_function(
             "document.getElementById('preview-table').getAttribute('data-ok') === '9'"
         )
-        _no_horizontal_scroll(phone)
-        _shot(phone, "import-phone")
+        no_horizontal_scroll(phone)
+        shot(phone, "import-phone")
     finally:
         phone.context.close()

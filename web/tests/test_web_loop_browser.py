@@ -9,41 +9,20 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from browser_testkit import PHONE, login, new_page, no_horizontal_scroll, shot
 from cdrstats_agent.plugin import LiveEvent
 from test_web_loop import open_alert, report
 from web_testkit import (
-    PASSWORD,
-    SCREENSHOTS,
     Ingest,
     LiveFeed,
     Seeded,
     cdr,
-    chromium_or_skip,
     fresh_tenant,
     seed,
     shared_server,
 )
 
 from tests.fix_db import CollectorServer
-
-DESKTOP = {"width": 1366, "height": 900}
-PHONE = {"width": 390, "height": 844}
-WAIT_MS = 15_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -55,41 +34,6 @@ def console(
         yield server, seed(server.database_url)
 
 
-def _page(browser: Any, base: str, viewport: dict[str, int] = DESKTOP) -> Any:
-    context = browser.new_context(base_url=base, viewport=viewport)
-    context.set_default_timeout(WAIT_MS)
-    return context.new_page()
-
-
-def _login(page: Any, username: str) -> None:
-    page.goto("/login")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url("**/t/*/")
-
-
-def _shot(page: Any, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
-def _no_horizontal_scroll(page: Any) -> None:
-    """No horizontal scroll, and every control has a label (checked on each page shown)."""
-    unlabelled = page.evaluate(
-        """() => [...document.querySelectorAll(
-                'input:not([type=hidden]), select, textarea, button')]
-            .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
-                         && !e.textContent.trim())
-            .map(e => e.outerHTML.slice(0, 80))"""
-    )
-    assert unlabelled == [], (page.url, unlabelled)
-    overflow = page.evaluate(
-        "document.documentElement.scrollWidth - document.documentElement.clientWidth"
-    )
-    assert overflow <= 0, (page.url, overflow)
-
-
 def test_block_from_cdr_detail_and_live_calls(
     browser: Any, console: tuple[CollectorServer, Seeded]
 ) -> None:
@@ -97,9 +41,9 @@ def test_block_from_cdr_detail_and_live_calls(
     mine = fresh_tenant(server.database_url)
     agent = server.enroll(mine.name, "pbx-paris")
     Ingest(server, agent).send([dataclasses.replace(cdr(1), src_ip="203.0.113.77")])
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, mine.admin)
+        login(page, mine.admin)
         page.goto(f"/t/{mine.id}/cdrs")
         page.locator("#cdr-table tbody tr").first.click()
         page.locator("#cdr-detail.show").wait_for()
@@ -110,7 +54,7 @@ def test_block_from_cdr_detail_and_live_calls(
         assert page.input_value("#bd-ip") == "203.0.113.77"
         assert page.input_value("#bd-switch") == "pbx-paris"
         page.select_option("#bd-ttl", "24h")
-        _shot(page, "block-dialog-desktop")
+        shot(page, "block-dialog-desktop")
         dialog.get_by_role("button", name="Block", exact=True).click()
         page.wait_for_url(f"**/t/{mine.id}/blocks?queued=*")
         notice = page.inner_text("#queued-notice")
@@ -127,7 +71,7 @@ def test_block_from_cdr_detail_and_live_calls(
         assert page.evaluate("window.__sameDocument") == "yes"
         assert "active" in row.inner_text() and "23 h 59 min" in row.inner_text()
         assert "blocked 203.0.113.77 in nftables" in page.inner_text("#block-history")
-        _shot(page, "blocks-desktop")
+        shot(page, "blocks-desktop")
 
         # The live call table: a block button beside the call's source IP.
         feed = LiveFeed(server, agent)
@@ -144,13 +88,13 @@ def test_block_from_cdr_detail_and_live_calls(
         page.context.close()
 
     # A viewer sees the blocks but has no button to act; phone size without horizontal scroll.
-    page = _page(browser, server.url, PHONE)
+    page = new_page(browser, server.url, PHONE)
     try:
-        _login(page, mine.viewer)
+        login(page, mine.viewer)
         page.goto(f"/t/{mine.id}/blocks")
         assert "203.0.113.77" in page.inner_text("#active-blocks")
         assert page.get_by_role("button", name="Unblock 203.0.113.77 on pbx-paris").count() == 0
-        _no_horizontal_scroll(page)
+        no_horizontal_scroll(page)
         page.goto(f"/t/{mine.id}/cdrs")
         page.locator("#cdr-table tbody tr").first.click()
         page.locator("#cdr-detail.show").wait_for()
@@ -158,12 +102,12 @@ def test_block_from_cdr_detail_and_live_calls(
         assert page.locator("#cdr-fields [data-block-ip]").count() == 0
     finally:
         page.context.close()
-    page = _page(browser, server.url, PHONE)
+    page = new_page(browser, server.url, PHONE)
     try:
-        _login(page, mine.admin)
+        login(page, mine.admin)
         page.goto(f"/t/{mine.id}/blocks")
-        _no_horizontal_scroll(page)
-        _shot(page, "blocks-phone")
+        no_horizontal_scroll(page)
+        shot(page, "blocks-phone")
         page.once("dialog", lambda d: d.accept())
         page.get_by_role("button", name="Unblock 203.0.113.77 on pbx-paris").click()
         page.wait_for_url(f"**/t/{mine.id}/blocks?queued=*")
@@ -178,9 +122,9 @@ def test_alerts_arrive_live_and_are_acknowledged_rules_editor(
     server, _seeded = console
     mine = fresh_tenant(server.database_url)
     server.enroll(mine.name, "pbx-paris")
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, mine.admin)
+        login(page, mine.admin)
         page.goto(f"/t/{mine.id}/alerts")
         page.wait_for_function("document.getElementById('live-status').textContent === 'live'")
         assert "No alert in this state." in page.inner_text("#alerts")
@@ -197,7 +141,7 @@ def test_alerts_arrive_live_and_are_acknowledged_rules_editor(
         assert page.evaluate("window.__sameDocument") == "yes"  # no reload
         assert "New alert: scanner" in page.inner_text("#alert-announce")
         page.wait_for_function("document.getElementById('alert-badge').textContent === '1'")
-        _shot(page, "alerts-desktop")
+        shot(page, "alerts-desktop")
         row.get_by_role("button", name=f"Acknowledge alert {aid}").click()
         page.wait_for_url("**/alerts?state=active&done=*")
         assert "acknowledged" in page.inner_text("#alert-done")
@@ -222,15 +166,15 @@ def test_alerts_arrive_live_and_are_acknowledged_rules_editor(
         page.get_by_label("Name", exact=True).fill("low ASR")
         page.get_by_role("button", name="Create rule").click()
         assert "params.threshold: required" in page.inner_text("#rule-error")
-        _shot(page, "rules-desktop")
+        shot(page, "rules-desktop")
     finally:
         page.context.close()
-    page = _page(browser, server.url, PHONE)
+    page = new_page(browser, server.url, PHONE)
     try:
-        _login(page, mine.admin)
+        login(page, mine.admin)
         for path, name in (("alerts?state=all", "alerts"), ("rules", "rules")):
             page.goto(f"/t/{mine.id}/{path}")
-            _no_horizontal_scroll(page)
-            _shot(page, f"{name}-phone")
+            no_horizontal_scroll(page)
+            shot(page, f"{name}-phone")
     finally:
         page.context.close()

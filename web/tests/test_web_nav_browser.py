@@ -9,28 +9,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from browser_testkit import PHONE, login, new_page, no_horizontal_scroll, shot
 from test_web_loop import open_alert
-from test_web_loop_browser import PHONE, _login, _no_horizontal_scroll, _page, _shot
-from web_testkit import chromium_or_skip, fresh_tenant, seed, shared_server
+from web_testkit import fresh_tenant, seed, shared_server
 
 from tests.fix_db import CollectorServer
 
 WIDE = {"width": 1366, "height": 768}
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +32,9 @@ def test_the_menu_fits_one_row_and_groups_alerts_and_actions(
 ) -> None:
     mine = fresh_tenant(server.database_url)
     open_alert(server.database_url, mine.id, "scanner: 25 failed calls", {"failed": 25})
-    page = _page(browser, server.url, WIDE)
+    page = new_page(browser, server.url, WIDE)
     try:
-        _login(page, "root")
+        login(page, "root")
         page.goto(f"/t/{mine.id}/")
         toggle = page.get_by_role("button", name="Alerts & actions")
         # the open-alert badge is on the menu's toggle, visible while the menu is closed
@@ -74,7 +59,7 @@ def test_the_menu_fits_one_row_and_groups_alerts_and_actions(
         assert toggle.get_attribute("aria-expanded") == "true"
         page.keyboard.press("ArrowDown")
         assert page.evaluate("document.activeElement.textContent") == "Alerts"
-        _shot(page, "nav-1366")
+        shot(page, "nav-1366")
         page.keyboard.press("Escape")
         page.locator("#nav .dropdown-menu.show").wait_for(state="detached")
         assert page.evaluate("document.activeElement.id") == "nav-actions"
@@ -92,9 +77,9 @@ def test_the_menu_fits_one_row_and_groups_alerts_and_actions(
     finally:
         page.context.close()
 
-    phone = _page(browser, server.url, PHONE)
+    phone = new_page(browser, server.url, PHONE)
     try:
-        _login(phone, "root")
+        login(phone, "root")
         phone.goto(f"/t/{mine.id}/")
         phone.get_by_role("button", name="Toggle navigation").click()
         phone.get_by_role("button", name="Alerts & actions").click()
@@ -104,7 +89,7 @@ def test_the_menu_fits_one_row_and_groups_alerts_and_actions(
         phone.locator("#nav.collapse.show").wait_for()  # opened, not still sliding
         phone.get_by_role("button", name="Alerts & actions").click()
         phone.get_by_role("link", name="Blocks").wait_for(state="visible")
-        _shot(phone, "nav-phone")
-        _no_horizontal_scroll(phone)
+        shot(phone, "nav-phone")
+        no_horizontal_scroll(phone)
     finally:
         phone.context.close()

@@ -12,28 +12,13 @@ from typing import Any
 
 import psycopg
 import pytest
+from browser_testkit import PHONE, login, new_page, no_horizontal_scroll, shot
 from cdrstats_collector import notify
 from test_web_a11y_browser import AUDIT
-from test_web_loop_browser import PHONE, _login, _no_horizontal_scroll, _page, _shot
-from web_testkit import chromium_or_skip, fresh_tenant, shared_server
+from web_testkit import fresh_tenant, shared_server
 
 from collector.tests.notify_testkit import HookServer, add_alert
 from tests.fix_db import CollectorServer
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    executable = chromium_or_skip()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(
-            executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
-        )
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 @pytest.fixture(scope="module")
@@ -76,9 +61,9 @@ def test_add_a_webhook_and_send_a_test(
     browser: Any, server: CollectorServer, hooks: GatedHooks
 ) -> None:
     mine = fresh_tenant(server.database_url)
-    page = _page(browser, server.url)
+    page = new_page(browser, server.url)
     try:
-        _login(page, mine.admin)
+        login(page, mine.admin)
         page.get_by_role("button", name="Alerts & actions").click()  # the menu holding it
         page.get_by_role("link", name="Notifications").click()
         page.wait_for_url(f"**/t/{mine.id}/notifications")
@@ -97,8 +82,8 @@ def test_add_a_webhook_and_send_a_test(
         assert len(secret) >= 40 and "not shown again" in page.inner_text("#new-webhook")
         row = page.locator("#channels tbody tr[data-kind='webhook']")
         assert "chatops" in row.inner_text() and "critical" in row.inner_text()
-        _shot(page, "notifications-desktop")
-        _no_horizontal_scroll(page)
+        shot(page, "notifications-desktop")
+        no_horizontal_scroll(page)
 
         channel_id = row.get_attribute("data-channel-id")
         page.get_by_role("button", name=f"Send a test through channel {channel_id}").click()
@@ -155,11 +140,11 @@ def test_add_a_webhook_and_send_a_test(
                 assert page.evaluate(AUDIT) == [], (theme, url)
     finally:
         page.context.close()
-    phone = _page(browser, server.url, PHONE)
+    phone = new_page(browser, server.url, PHONE)
     try:
-        _login(phone, mine.admin)
+        login(phone, mine.admin)
         phone.goto(f"/t/{mine.id}/notifications")
-        _shot(phone, "notifications-phone")
-        _no_horizontal_scroll(phone)
+        shot(phone, "notifications-phone")
+        no_horizontal_scroll(phone)
     finally:
         phone.context.close()
