@@ -23,7 +23,10 @@
     cdrstats notify add-webhook --tenant T --url URL [--secret S] [--min-severity S] [--name N]
     cdrstats notify list --tenant T | test|enable|disable|delete ID --tenant T
     cdrstats import FILE --profile NAME --tenant T --switch S [--timezone TZ] [--report OUT.csv]
-    cdrstats import-profile add NAME --tenant T (--preset P | --file PROFILE.toml) | list --tenant T
+    cdrstats import-profile add NAME --tenant T (--preset P | --file PROFILE.toml)
+    cdrstats import-profile list --tenant T | delete NAME --tenant T
+    cdrstats rule add --tenant T (--json DOC | --file RULE.json) | list --tenant T | delete ID
+    cdrstats accountcode map CODE --tenant T [--switch-id N] | list | unmap ID
 
 Every administrative command is written to the audit log as `cli:<os user>`, in the same
 transaction as what it does.
@@ -764,6 +767,17 @@ def cmd_import_profile_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_profile_delete(args: argparse.Namespace) -> int:
+    cfg = _settings(args)
+    with _audited(cfg) as a:
+        tid = tenants.tenant_id(a.conn, args.tenant)
+        if not csvimport.delete_profile(a.conn, tid, args.name):
+            raise tenants.AdminError(f"tenant {args.tenant!r} has no import profile {args.name!r}")
+        a.record("import_profile.delete", args.name, tid)
+    print(f"import profile {args.name!r} deleted from tenant {args.tenant!r}")
+    return 0
+
+
 def cmd_import_profile_list(args: argparse.Namespace) -> int:
     cfg = _settings(args)
     with _connect(cfg) as conn:
@@ -986,6 +1000,9 @@ def build_parser() -> argparse.ArgumentParser:
     ipadd.add_argument("--preset", choices=sorted(csvimport.BUILTIN_PROFILES))
     ipadd.add_argument("--file", type=Path, help="TOML file: the CSV plugin's mapping options")
     iplist = command(iprof, "list", cmd_import_profile_list, "list a tenant's import profiles")
+    ipdel = command(iprof, "delete", cmd_import_profile_delete, "delete a tenant's import profile")
+    ipdel.add_argument("name")
+    ipdel.add_argument("--tenant", required=True)
     iplist.add_argument("--tenant", required=True)
     return parser
 

@@ -138,6 +138,17 @@ def save_profile(
         )
 
 
+def delete_profile(conn: psycopg.Connection[Any], tenant_id: int, name: str) -> bool:
+    """Delete a tenant's profile; False when it has none of that name. Imports made with it
+    keep their options (stored with each job)."""
+    if name in BUILTIN_PROFILES:
+        raise tenants.InvalidArgument(f"{name!r} is a built-in profile; it cannot be deleted")
+    cur = conn.execute(
+        "DELETE FROM import_profile WHERE tenant_id = %s AND name = %s", (tenant_id, name)
+    )
+    return cur.rowcount > 0
+
+
 def list_profiles(
     conn: psycopg.Connection[Any], tenant_id: int
 ) -> list[tuple[str, dict[str, Any], bool]]:

@@ -7,6 +7,7 @@
     POST /api/v1/imports/preview          the first rows as parsed, detection, guessed fields
     GET  /api/v1/import-profiles          built-in and tenant profiles
     POST /api/v1/import-profiles          admins: save a tenant profile {name, options}
+    DELETE /api/v1/import-profiles/{name} admins: delete a tenant profile
 
 Uploads are `multipart/form-data` (a `file` part and fields) or a raw body (fields in the
 query string); either way the file is streamed to `<upload dir>/<job id>.csv`, never held in
@@ -54,7 +55,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import auth, csvimport, replies, store, tenants
+from . import audit, auth, csvimport, replies, store, tenants
 from .state import get_state
 
 log = logs.get_logger("cdrstats.collector.imports")
@@ -777,7 +778,7 @@ async def profiles_endpoint(request: Request) -> Response:
 @api_call
 async def save_profile_endpoint(request: Request) -> Response:
     """`POST /api/v1/import-profiles` {name, options}: create or replace a tenant profile."""
-    _who, tenant_id = await _tenant(request, ADMIN_ROLES)
+    who, tenant_id = await _tenant(request, ADMIN_ROLES)
     check_csrf(request)
     if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
         raise HTTPException(415, "send the profile as Content-Type: application/json")
@@ -799,8 +800,11 @@ async def save_profile_endpoint(request: Request) -> Response:
     url = get_state(request).settings.database_url
 
     def save() -> None:
-        with psycopg.connect(url, autocommit=True, connect_timeout=10) as conn:
+        with psycopg.connect(url, connect_timeout=10) as conn, conn.transaction():
             csvimport.save_profile(conn, tenant_id, name.strip(), options)
+            audit.record_sync(
+                conn, tenant_id, who.user_id, who.username, "import_profile.save", name.strip()
+            )
 
     try:
         await asyncio.to_thread(save)
@@ -813,6 +817,32 @@ async def save_profile_endpoint(request: Request) -> Response:
     )
 
 
+@api_call
+async def delete_profile_endpoint(request: Request) -> Response:
+    """`DELETE /api/v1/import-profiles/{name}`: delete a tenant profile (audited)."""
+    who, tenant_id = await _tenant(request, ADMIN_ROLES)
+    check_csrf(request)
+    name = request.path_params["name"]
+    url = get_state(request).settings.database_url
+
+    def delete() -> bool:
+        with psycopg.connect(url, connect_timeout=10) as conn, conn.transaction():
+            gone = csvimport.delete_profile(conn, tenant_id, name)
+            if gone:
+                audit.record_sync(
+                    conn, tenant_id, who.user_id, who.username, "import_profile.delete", name
+                )
+            return gone
+
+    try:
+        gone = await asyncio.to_thread(delete)
+    except tenants.InvalidArgument as exc:
+        raise BadRequest("name", str(exc)) from None
+    if not gone:
+        raise HTTPException(404, f"no import profile {name!r} in tenant {tenant_id}")
+    return JSONResponse({"tenant_id": tenant_id, "name": name, "deleted": True})
+
+
 def routes() -> list[BaseRoute]:
     """The import routes, to mount in the collector app (before the console)."""
     return [
@@ -823,6 +853,7 @@ def routes() -> list[BaseRoute]:
         Route("/api/v1/imports/{job}/rejects.csv", rejects_endpoint, methods=["GET"]),
         Route("/api/v1/import-profiles", profiles_endpoint, methods=["GET"]),
         Route("/api/v1/import-profiles", save_profile_endpoint, methods=["POST"]),
+        Route("/api/v1/import-profiles/{name}", delete_profile_endpoint, methods=["DELETE"]),
     ]
 
 
@@ -985,5 +1016,25 @@ def openapi_paths() -> dict[str, Any]:
                 },
                 "security": security,
             },
+        },
+        "/api/v1/import-profiles/{name}": {
+            "delete": {
+                "operationId": "delete_import_profile",
+                "summary": "Delete a tenant import profile (built-in ones cannot be)",
+                "tags": ["imports"],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                    tenant,
+                ],
+                "responses": {
+                    **ok("200", "deleted"),
+                    **errors(
+                        **common,
+                        _400="a built-in profile",
+                        _403="not an admin, or no X-CSRF-Token with a session cookie",
+                    ),
+                },
+                "security": security,
+            }
         },
     }

@@ -128,3 +128,20 @@ def test_import_errors_exit_codes(
     assert code == 2 and "is not valid TOML" in err
     code, _, err = run(capsys, database_url, "import-profile", "add", "x", "--tenant", "acme")
     assert code == 2 and "give either --preset NAME or --file PROFILE.toml" in err
+
+
+def test_profile_delete(database_url: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(capsys, database_url, "tenant", "add", "acme")[0] == 0
+    add = ("import-profile", "add", "mine", "--tenant", "acme", "--preset", "asterisk")
+    assert run(capsys, database_url, *add)[0] == 0
+    delete = ("import-profile", "delete", "mine", "--tenant", "acme")
+    code, out, _ = run(capsys, database_url, *delete)
+    assert code == 0 and "'mine' deleted" in out
+    code, _, err = run(capsys, database_url, *delete)
+    assert code == 1 and "has no import profile 'mine'" in err
+    code, _, err = run(
+        capsys, database_url, "import-profile", "delete", "asterisk", "--tenant", "acme"
+    )
+    assert code != 0 and "built-in" in err
+    _, out, _ = run(capsys, database_url, "import-profile", "list", "--tenant", "acme")
+    assert "mine" not in out

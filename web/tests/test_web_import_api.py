@@ -242,6 +242,36 @@ def test_roles_csrf_and_tenant_isolation(server: CollectorServer, tenant: Fresh)
     assert {"/api/v1/imports", "/api/v1/imports/{job}/rejects.csv"} <= set(paths)
 
 
+def test_profiles_are_deleted_by_admins_only_and_audited(
+    server: CollectorServer, tenant: Fresh
+) -> None:
+    other = fresh_tenant(server.database_url)
+    with admin_client(server, tenant.admin) as c:
+        r = c.post("/api/v1/import-profiles", json={"name": "old carrier", "options": MAPPING})
+        assert r.status_code == 201, r.text
+        with admin_client(server, tenant.viewer) as v:
+            assert v.delete("/api/v1/import-profiles/old carrier").status_code == 403
+        with admin_client(server, other.admin) as o:  # another tenant's: not found
+            assert o.delete("/api/v1/import-profiles/old carrier").status_code == 404
+        r = c.delete("/api/v1/import-profiles/asterisk")
+        assert r.status_code == 400 and "built-in" in r.json()["error"]
+        csrf = c.headers.pop("X-CSRF-Token")
+        assert c.delete("/api/v1/import-profiles/old carrier").status_code == 403
+        c.headers["X-CSRF-Token"] = csrf
+        r = c.delete("/api/v1/import-profiles/old carrier")
+        assert (r.status_code, r.json()["deleted"]) == (200, True)
+        assert c.delete("/api/v1/import-profiles/old carrier").status_code == 404
+        names = [p["name"] for p in c.get("/api/v1/import-profiles").json()["profiles"]]
+        assert "old carrier" not in names and "asterisk" in names
+    with psycopg.connect(server.database_url) as conn:
+        actions = conn.execute(
+            "SELECT action FROM audit_log WHERE tenant_id = %s AND target = 'old carrier'"
+            " ORDER BY id",
+            (tenant.id,),
+        ).fetchall()
+    assert actions == [("import_profile.save",), ("import_profile.delete",)]
+
+
 def test_a_job_left_running_is_marked_failed(server: CollectorServer, tenant: Fresh) -> None:
     """A job whose collector stopped (row not touched for STALE_S) is failed when read."""
     job_id = uuid.uuid4()

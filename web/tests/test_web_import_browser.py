@@ -97,6 +97,18 @@ def test_upload_map_import_with_progress_then_search(
             page.get_by_role("link", name="Download rejected rows (CSV)").click()
         report = Path(got.value.path()).read_text(encoding="utf-8").splitlines()
         assert report[0] == "line,reason,raw" and report[1].startswith("9,")
+        # The saved profile can be deleted again (after a confirmation).
+        delete = page.get_by_role("button", name="Delete this saved profile")
+        assert not delete.is_visible()
+        page.get_by_label("Profile", exact=True).select_option("pbx-export")
+        page.once("dialog", lambda dialog: dialog.accept())
+        delete.click()
+        page.wait_for_function(
+            "document.getElementById('profile-status').textContent.includes('deleted')"
+        )
+        assert page.locator("#saved-profiles option").count() == 0
+        assert page.get_by_label("Profile", exact=True).input_value() == ""
+        assert not delete.is_visible()
         page.wait_for_timeout(700)  # the bar's width transition (a screenshot, not a check)
         shot(page, "import-done-desktop")
         job_url = page.get_attribute("#job-link", "href")

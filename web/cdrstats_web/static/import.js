@@ -9,11 +9,12 @@
   var SAMPLE = 64 * 1024;
   var $ = function (id) { return document.getElementById(id); };
 
-  function post(path, body, json) {
+  function post(path, body, json) { return send("POST", path, body, json); }
+  function send(method, path, body, json) {
     var headers = { "X-CSRF-Token": csrf, "Accept": "application/json" };
     if (json) headers["Content-Type"] = "application/json";
     return fetch(cdrstats.apiURL(path), {
-      method: "POST", body: json ? JSON.stringify(body) : body, headers: headers,
+      method: method, body: json ? JSON.stringify(body) : body, headers: headers,
       credentials: "same-origin"
     }).then(function (r) {
       return r.json().catch(function () { return {}; }).then(function (doc) {
@@ -295,17 +296,39 @@
   });
   $("m-time-format").addEventListener("input", later);
 
-  // Saved profiles in the picker.
+  // Saved profiles in the picker (a saved one can be deleted).
+  var saved = [];
+  function offerDelete() {
+    var button = $("delete-profile");
+    if (button) button.classList.toggle("d-none", saved.indexOf($("m-profile").value) < 0);
+  }
   function loadProfiles() {
     return cdrstats.api("/api/v1/import-profiles").then(function (doc) {
       var group = $("saved-profiles");
       group.replaceChildren();
-      doc.profiles.filter(function (p) { return !p.builtin; }).forEach(function (p) {
-        group.appendChild(new Option(p.name, p.name));
-      });
+      saved = doc.profiles.filter(function (p) { return !p.builtin; }).map(function (p) { return p.name; });
+      saved.forEach(function (name) { group.appendChild(new Option(name, name)); });
+      offerDelete();
     }).catch(function () { /* built-in ones stay */ });
   }
   loadProfiles();
+  $("m-profile").addEventListener("change", offerDelete);
+  if ($("delete-profile")) $("delete-profile").addEventListener("click", function () {
+    var name = $("m-profile").value;
+    var status = $("profile-status");
+    if (!window.confirm("Delete the profile “" + name + "”? Imports made with it keep their mapping.")) return;
+    send("DELETE", "/api/v1/import-profiles/" + encodeURIComponent(name)).then(function () {
+      $("m-profile").value = "";
+      $("map-card").classList.remove("d-none");
+      return loadProfiles();
+    }).then(function () {
+      status.textContent = "Profile “" + name + "” deleted.";
+      status.className = "small text-success-emphasis";
+    }).catch(function (e) {
+      status.textContent = e.message;
+      status.className = "small text-danger-emphasis";
+    });
+  });
   $("save-profile").addEventListener("click", function () {
     var name = $("profile-name").value.trim();
     var status = $("profile-status");
