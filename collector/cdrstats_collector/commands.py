@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import audit, auth, keys, replies, shutdown
+from . import apidoc, audit, auth, keys, replies, shutdown
 from .agents import parse_agent_id
 from .state import get_state
 
@@ -788,13 +788,7 @@ def routes() -> list[BaseRoute]:
 
 def openapi_paths() -> dict[str, Any]:
     """The users' command routes in the OpenAPI document (`openapi.py` adds them)."""
-    err = {
-        "description": "",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-    def errors(**codes: str) -> dict[str, Any]:
-        return {code.lstrip("_"): {**err, "description": text} for code, text in codes.items()}
+    errors = apidoc.errors
 
     command = {"type": "object", "description": "a command (docs/actions.md, GET /api/v1/commands)"}
     tenant = {"type": ["integer", "string"], "description": "superadmins: the tenant id"}

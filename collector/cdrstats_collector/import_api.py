@@ -55,7 +55,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import audit, auth, csvimport, replies, store, tenants
+from . import apidoc, audit, auth, csvimport, replies, store, tenants
 from .state import get_state
 
 log = logs.get_logger("cdrstats.collector.imports")
@@ -859,13 +859,7 @@ def routes() -> list[BaseRoute]:
 
 def openapi_paths() -> dict[str, Any]:
     """The import routes in the OpenAPI document (`openapi.py` adds them)."""
-    err = {
-        "description": "",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-    def errors(**codes: str) -> dict[str, Any]:
-        return {code.lstrip("_"): {**err, "description": text} for code, text in codes.items()}
+    errors = apidoc.errors
 
     common = dict(
         _401="no or invalid credentials",

@@ -58,7 +58,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import audit, auth, replies
+from . import apidoc, audit, auth, replies
 from .settings import Settings
 from .state import get_state
 
@@ -827,13 +827,7 @@ def routes() -> list[BaseRoute]:
 
 def openapi_paths() -> dict[str, Any]:
     """The notification routes in the OpenAPI document (`openapi.py` adds them)."""
-    err = {
-        "description": "",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
-
-    def errors(**codes: str) -> dict[str, Any]:
-        return {code.lstrip("_"): {**err, "description": text} for code, text in codes.items()}
+    errors = apidoc.errors
 
     common = {"_401": "no or invalid credentials", "_503": "PostgreSQL is unavailable"}
     admin = {**common, "_403": "not an admin (superadmin, tenant_admin)"}

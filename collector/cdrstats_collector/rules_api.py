@@ -33,7 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from . import alerts, auth, replies, rules
+from . import alerts, apidoc, auth, replies, rules
 from .import_api import check_csrf
 from .state import get_state
 
@@ -269,10 +269,6 @@ def routes() -> list[BaseRoute]:
 
 def openapi_paths() -> dict[str, Any]:
     """These routes in the OpenAPI document (`openapi.py` adds them)."""
-    err = {
-        "description": "",
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-    }
     security: list[dict[str, list[str]]] = [{"bearer": []}, {"session": []}]
     obj = {"type": "object"}
 
@@ -299,7 +295,7 @@ def openapi_paths() -> dict[str, Any]:
             "parameters": [tenant, *(params or [])],
             "responses": {
                 ok: {"description": "OK", "content": {"application/json": {"schema": obj}}},
-                **{c: {**err, "description": c} for c in ("401", "403", "404", "503", *codes)},
+                **apidoc.errors(**{c: c for c in ("401", "403", "404", "503", *codes)}),
             },
             "security": security,
         }
