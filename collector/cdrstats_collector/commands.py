@@ -663,21 +663,6 @@ async def result_endpoint(request: Request) -> Response:
 # --- user routes -------------------------------------------------------------------------------
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HTTPException(415, "send the command as Content-Type: application/json")
-    body = await request.body()
-    if len(body) > 16 * 1024:
-        raise HTTPException(413, "body larger than 16 KiB")
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise HTTPException(422, f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise HTTPException(422, "body must be a JSON object")
-    return doc
-
-
 OWN_ADDRESSES_TTL_S = 300.0
 
 
@@ -699,7 +684,7 @@ async def _user_command(request: Request, verb: str) -> Response:
     state = get_state(request)
     try:
         who = await auth.require(request, roles=ADMIN_ROLES)
-        doc = await _json_body(request)
+        doc = await replies.json_object(request, "the command", bad_status=422)
         tenant = doc.get("tenant", request.query_params.get("tenant"))
         if tenant is not None and type(tenant) not in (int, str):
             raise HTTPException(422, "tenant: must be a tenant id")

@@ -719,21 +719,6 @@ class Notifier:
 # --- HTTP API ----------------------------------------------------------------------------------
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HTTPException(415, "send the channel as Content-Type: application/json")
-    body = await request.body()
-    if len(body) > 16 * 1024:
-        raise HTTPException(413, "body larger than 16 KiB")
-    try:
-        doc = json.loads(body)
-    except ValueError as exc:
-        raise HTTPException(400, f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return doc
-
-
 def _channel_id(request: Request) -> int:
     text = request.path_params["id"]
     if not text.isdigit() or len(text) > 18:
@@ -752,7 +737,7 @@ async def _handle(request: Request, what: str) -> Response:
             return JSONResponse({"tenant_id": tenant_id, "channels": [c.to_json() for c in found]})
         who = await auth.require(request, roles=ADMIN_ROLES)
         if what == "add":
-            doc = await _json_body(request)
+            doc = await replies.json_object(request, "the channel")
             tenant = doc.pop("tenant", request.query_params.get("tenant"))
             if tenant is not None and type(tenant) not in (int, str):
                 raise HTTPException(400, "tenant: must be a tenant id")
@@ -769,7 +754,7 @@ async def _handle(request: Request, what: str) -> Response:
         channel_id = _channel_id(request)
         async with state.pool.connection() as conn:
             if what == "update":
-                doc = await _json_body(request)
+                doc = await replies.json_object(request, "the channel")
                 updated = await update_channel(
                     conn, tenant_id, channel_id, doc, by=who.username, user_id=who.user_id
                 )

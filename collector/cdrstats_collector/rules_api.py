@@ -22,7 +22,6 @@ authenticated by the console's session cookie must carry `X-CSRF-Token` (API tok
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -42,20 +41,9 @@ VIEW_ROLES = auth.ROLES
 
 
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw.strip():
+    if not (await request.body()).strip():
         return {}  # acknowledge, resolve: no body needed
-    if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-        raise HTTPException(415, "send JSON with Content-Type: application/json")
-    if len(raw) > 512 * 1024:
-        raise HTTPException(413, "body larger than 512 KiB")
-    try:
-        doc = json.loads(raw)
-    except ValueError as exc:
-        raise HTTPException(400, f"body is not JSON: {exc}") from None
-    if not isinstance(doc, dict):
-        raise HTTPException(400, "body must be a JSON object")
-    return doc
+    return await replies.json_object(request, "the rule", max_bytes=512 * 1024)
 
 
 def _id(request: Request) -> int:
