@@ -46,7 +46,7 @@ import getpass
 import json
 import secrets
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -436,6 +436,26 @@ async def _tenant_id(conn: psycopg.AsyncConnection[Any], name: str) -> int:
     return int(row[0])
 
 
+TenantWork = Callable[[psycopg.AsyncConnection[Any], int], Awaitable[int]]
+
+
+def _in_tenant(args: argparse.Namespace, work: TenantWork, refused: type[Exception]) -> int:
+    """`work(conn, tenant id)` for `--tenant` on an autocommit connection; `refused` (the
+    module's own error for bad input) becomes a usage error (exit 2)."""
+    cfg = _settings(args)
+
+    async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(
+            cfg.database_url, autocommit=True, connect_timeout=10
+        ) as conn:
+            return await work(conn, await _tenant_id(conn, args.tenant))
+
+    try:
+        return asyncio.run(run())
+    except refused as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_block(args: argparse.Namespace) -> int:
     return _block_command(args, "block_ip")
 
@@ -547,53 +567,46 @@ def cmd_allowlist_list(args: argparse.Namespace) -> int:
 def _notify(args: argparse.Namespace, action: str) -> int:
     cfg = _settings(args)
 
-    async def run() -> int:
-        async with await psycopg.AsyncConnection.connect(
-            cfg.database_url, autocommit=True, connect_timeout=10
-        ) as conn:
-            tid = await _tenant_id(conn, args.tenant)
-            if action in ("add-email", "add-webhook"):
-                doc: dict[str, Any] = {"min_severity": args.min_severity, "name": args.name}
-                if action == "add-email":
-                    doc.update(kind="email", target=args.to)
-                else:
-                    doc.update(kind="webhook", target=args.url)
-                    if args.secret:
-                        doc["secret"] = args.secret
-                ch = await notify.add_channel(conn, tid, doc, by=actor())
-                print(f"channel {ch.id}: {ch.kind} {ch.target} (alerts from {ch.min_severity})")
-                if ch.kind == "webhook":
-                    print(f"secret (signs every request, shown only once): {ch.secret}")
-            elif action == "list":
-                for ch in await notify.list_channels(conn, tid):
-                    state = "enabled" if ch.enabled else "disabled"
-                    print(f"{ch.id}\t{ch.kind}\t{ch.target}\t{ch.min_severity}\t{state}\t{ch.name}")
-            elif action in ("enable", "disable"):
-                doc = {"enabled": action == "enable"}
-                if not await notify.update_channel(conn, tid, args.id, doc, by=actor()):
-                    raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
-                print(f"channel {args.id} {action}d")
-            elif action == "delete":
-                if not await notify.delete_channel(conn, tid, args.id, by=actor()):
-                    raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
-                print(f"channel {args.id} deleted")
+    async def work(conn: psycopg.AsyncConnection[Any], tid: int) -> int:
+        if action in ("add-email", "add-webhook"):
+            doc: dict[str, Any] = {"min_severity": args.min_severity, "name": args.name}
+            if action == "add-email":
+                doc.update(kind="email", target=args.to)
             else:
-                try:
-                    error = await notify.test_channel(conn, cfg, tid, args.id, by=actor())
-                except LookupError:
-                    raise tenants.AdminError(
-                        f"tenant {args.tenant!r} has no channel {args.id}"
-                    ) from None
-                if error is not None:
-                    print(f"channel {args.id}: test failed: {error}", file=sys.stderr)
-                    return 1
-                print(f"channel {args.id}: test notification accepted")
-            return 0
+                doc.update(kind="webhook", target=args.url)
+                if args.secret:
+                    doc["secret"] = args.secret
+            ch = await notify.add_channel(conn, tid, doc, by=actor())
+            print(f"channel {ch.id}: {ch.kind} {ch.target} (alerts from {ch.min_severity})")
+            if ch.kind == "webhook":
+                print(f"secret (signs every request, shown only once): {ch.secret}")
+        elif action == "list":
+            for ch in await notify.list_channels(conn, tid):
+                state = "enabled" if ch.enabled else "disabled"
+                print(f"{ch.id}\t{ch.kind}\t{ch.target}\t{ch.min_severity}\t{state}\t{ch.name}")
+        elif action in ("enable", "disable"):
+            doc = {"enabled": action == "enable"}
+            if not await notify.update_channel(conn, tid, args.id, doc, by=actor()):
+                raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
+            print(f"channel {args.id} {action}d")
+        elif action == "delete":
+            if not await notify.delete_channel(conn, tid, args.id, by=actor()):
+                raise tenants.AdminError(f"tenant {args.tenant!r} has no channel {args.id}")
+            print(f"channel {args.id} deleted")
+        else:
+            try:
+                error = await notify.test_channel(conn, cfg, tid, args.id, by=actor())
+            except LookupError:
+                raise tenants.AdminError(
+                    f"tenant {args.tenant!r} has no channel {args.id}"
+                ) from None
+            if error is not None:
+                print(f"channel {args.id}: test failed: {error}", file=sys.stderr)
+                return 1
+            print(f"channel {args.id}: test notification accepted")
+        return 0
 
-    try:
-        return asyncio.run(run())
-    except notify.ChannelError as exc:
-        raise UsageError(str(exc)) from None
+    return _in_tenant(args, work, notify.ChannelError)
 
 
 def cmd_notify_add_email(args: argparse.Namespace) -> int:
@@ -624,56 +637,47 @@ def cmd_notify_disable(args: argparse.Namespace) -> int:
     return _notify(args, "disable")
 
 
-def _rule(args: argparse.Namespace, action: str) -> int:
-    cfg = _settings(args)
-
-    async def run() -> int:
-        async with await psycopg.AsyncConnection.connect(
-            cfg.database_url, autocommit=True, connect_timeout=10
-        ) as conn:
-            tid = await _tenant_id(conn, args.tenant)
-            if action == "add":
-                text = args.file.read_text() if args.file else args.json
-                if not text:
-                    raise UsageError("give the rule as --json '{...}' or --file rule.json")
-                try:
-                    doc = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise UsageError(f"the rule is not valid JSON: {exc}") from None
-                if not isinstance(doc, dict):
-                    raise UsageError("the rule must be a JSON object (docs/rules.md)")
-                rule = await rules.create_rule(conn, tid, doc, actor())
-                print(f"rule {rule['id']}: {rule['name']} ({rule['kind']}, {rule['action']})")
-            elif action == "list":
-                for r in await rules.list_rules(conn, tid):
-                    state = "enabled" if r["enabled"] else "disabled"
-                    params = json.dumps(r["params"], sort_keys=True)
-                    print(
-                        f"{r['id']}\t{r['name']}\t{r['kind']}\t{r['window_s']}s\t{params}"
-                        f"\t{r['action']}\t{state}"
-                    )
-            elif not await rules.delete_rule(conn, tid, args.id, actor()):
-                raise tenants.AdminError(f"tenant {args.tenant!r} has no rule {args.id}")
-            else:
-                print(f"rule {args.id} deleted")
-            return 0
-
-    try:
-        return asyncio.run(run())
-    except rules.RuleError as exc:
-        raise UsageError(str(exc)) from None
-
-
 def cmd_rule_add(args: argparse.Namespace) -> int:
-    return _rule(args, "add")
+    text = args.file.read_text() if args.file else args.json
+    if not text:
+        raise UsageError("give the rule as --json '{...}' or --file rule.json")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"the rule is not valid JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise UsageError("the rule must be a JSON object (docs/rules.md)")
+
+    async def work(conn: psycopg.AsyncConnection[Any], tid: int) -> int:
+        rule = await rules.create_rule(conn, tid, doc, actor())
+        print(f"rule {rule['id']}: {rule['name']} ({rule['kind']}, {rule['action']})")
+        return 0
+
+    return _in_tenant(args, work, rules.RuleError)
 
 
 def cmd_rule_list(args: argparse.Namespace) -> int:
-    return _rule(args, "list")
+    async def work(conn: psycopg.AsyncConnection[Any], tid: int) -> int:
+        for r in await rules.list_rules(conn, tid):
+            state = "enabled" if r["enabled"] else "disabled"
+            params = json.dumps(r["params"], sort_keys=True)
+            print(
+                f"{r['id']}\t{r['name']}\t{r['kind']}\t{r['window_s']}s\t{params}"
+                f"\t{r['action']}\t{state}"
+            )
+        return 0
+
+    return _in_tenant(args, work, rules.RuleError)
 
 
 def cmd_rule_delete(args: argparse.Namespace) -> int:
-    return _rule(args, "delete")
+    async def work(conn: psycopg.AsyncConnection[Any], tid: int) -> int:
+        if not await rules.delete_rule(conn, tid, args.id, actor()):
+            raise tenants.AdminError(f"tenant {args.tenant!r} has no rule {args.id}")
+        print(f"rule {args.id} deleted")
+        return 0
+
+    return _in_tenant(args, work, rules.RuleError)
 
 
 def cmd_import(args: argparse.Namespace) -> int:
