@@ -38,6 +38,8 @@ from .state import CollectorState
 from .tenants import AdminError, InvalidArgument
 
 ROLES = ("superadmin", "tenant_admin", "tenant_viewer")
+ADMIN_ROLES = ("superadmin", "tenant_admin")
+"""Roles that may change things (the viewer only reads)."""
 TOKEN_PREFIX = "cdrs_api_"
 CACHE_TTL_S = 30.0
 _CACHE_MAX = 10_000

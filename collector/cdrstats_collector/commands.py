@@ -61,7 +61,7 @@ MAX_ACTIVE_BLOCKS = 1000
 collector uses `[commands] max_active_blocks` (settings.py)."""
 MAX_POLL_WAIT_S = 60.0
 MAX_DELIVERY = 50
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 STATUSES = ("done", "failed", "refused")
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhd]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -60,7 +60,7 @@ from .state import get_state
 
 log = logs.get_logger("cdrstats.collector.imports")
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 MAX_FIELD_BYTES = 64 * 1024
 MAX_RUNNING = 2
 """Imports running at once in one collector process; more are refused with 429."""

@@ -68,7 +68,7 @@ ALERT_CHANNEL = "cdrstats_alert"
 KINDS = ("email", "webhook")
 SEVERITIES = ("info", "warning", "critical")
 """In increasing order; a channel gets the alerts at or above its `min_severity`."""
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 POLL_S = 5.0
 """Without a NOTIFY the loop still looks for due alerts this often."""
 BATCH = 20

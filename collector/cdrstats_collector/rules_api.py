@@ -36,7 +36,7 @@ from . import alerts, apidoc, auth, replies, rules
 from .import_api import check_csrf
 from .state import get_state
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 VIEW_ROLES = auth.ROLES
 
 

@@ -24,10 +24,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from . import security
 from .console import Console, page
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 FILTERS = [
     ("active", "Active"),
     ("open", "Open"),
@@ -115,11 +114,7 @@ async def count(console: Console, request: Request) -> Response:
 
 
 async def _transition(console: Console, request: Request, verb: str) -> Response:
-    form = await security.checked_form(request)
-    who, tenant, _ = await console.tenant_context(request)
-    if who.role not in ADMIN_ROLES:
-        raise HTTPException(403, "only a tenant admin may change an alert")
-    tid = int(tenant["id"])
+    form, who, tid = await console.admin_form(request, "only a tenant admin may change an alert")
     alert_id = int(request.path_params["alert"])
     back = str(form.get("state") or "active")
     back = back if back in dict(FILTERS) else "active"

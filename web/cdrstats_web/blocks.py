@@ -24,10 +24,10 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from . import data, security
+from . import data
 from .console import Console, page
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 EXPIRING_WITHIN = timedelta(hours=1)
 DURATIONS = [
     ("15m", "15 minutes"),
@@ -144,10 +144,9 @@ async def view(console: Console, request: Request) -> Response:
 
 
 async def _command(console: Console, request: Request, verb: str) -> Response:
-    form = await security.checked_form(request)
-    who, tenant, _ = await console.tenant_context(request)
-    if who.role not in ADMIN_ROLES:
-        raise HTTPException(403, "only a tenant admin may block or unblock an address")
+    form, who, tid = await console.admin_form(
+        request, "only a tenant admin may block or unblock an address"
+    )
     settings = get_state(request).settings
     values: dict[str, Any] = {
         "switch": str(form.get("switch") or "").strip()[:100],
@@ -170,7 +169,7 @@ async def _command(console: Console, request: Request, verb: str) -> Response:
         async with get_state(request).pool.connection() as conn:
             row = await commands.create_command(
                 conn,
-                tenant_id=int(tenant["id"]),
+                tenant_id=tid,
                 switch=values["switch"],
                 verb=verb,
                 args=args,
@@ -185,9 +184,7 @@ async def _command(console: Console, request: Request, verb: str) -> Response:
         return await _render(console, request, {"error": str(exc), "form": values}, 422)
     except keys.NoCollectorKey as exc:
         raise HTTPException(503, str(exc)) from None
-    return RedirectResponse(
-        f"/t/{tenant['id']}/blocks?queued={uuid.UUID(str(row.id))}", status_code=303
-    )
+    return RedirectResponse(f"/t/{tid}/blocks?queued={uuid.UUID(str(row.id))}", status_code=303)
 
 
 @page

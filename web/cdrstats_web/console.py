@@ -23,6 +23,7 @@ from cdrstats_collector.realtime import Broker
 from cdrstats_collector.settings import Settings
 from cdrstats_collector.state import get_state
 from psycopg_pool import PoolTimeout
+from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -172,6 +173,17 @@ class Console:
             if tenant["id"] == tid:
                 return who, tenant, tenants
         raise HTTPException(404, f"no tenant {tid}")
+
+    async def admin_form(
+        self, request: Request, forbidden: str
+    ) -> tuple[FormData, auth.Principal, int]:
+        """A tenant page's POST: the CSRF-checked form, the user and the tenant id; 403 with
+        `forbidden` for a viewer (only tenant admins and superadmins change things)."""
+        form = await security.checked_form(request)
+        who, tenant, _ = await self.tenant_context(request)
+        if who.role not in auth.ADMIN_ROLES:
+            raise HTTPException(403, forbidden)
+        return form, who, int(tenant["id"])
 
 
 def login_redirect(request: Request) -> RedirectResponse:

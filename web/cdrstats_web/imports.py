@@ -15,7 +15,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from cdrstats_collector import csvimport
+from cdrstats_collector import auth, csvimport
 from cdrstats_collector.state import get_state
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -24,7 +24,7 @@ from starlette.responses import Response
 from . import data
 from .console import Console, page
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 
 FIELDS: tuple[tuple[str, str], ...] = (
     ("start", "Start time"),

@@ -26,9 +26,9 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from . import security
 from .console import Console, page
 
+FORBIDDEN = "only a tenant admin may change notification channels"
 ADMIN_ROLES = notify.ADMIN_ROLES
 
 # The newest attempt to deliver an alert through each channel (the notifier's rows).
@@ -106,14 +106,6 @@ async def view(console: Console, request: Request) -> Response:
     return await _render(console, request)
 
 
-async def _acting(console: Console, request: Request) -> tuple[FormData, auth.Principal, int]:
-    form = await security.checked_form(request)
-    who, tenant, _ = await console.tenant_context(request)
-    if who.role not in ADMIN_ROLES:
-        raise HTTPException(403, "only a tenant admin may change notification channels")
-    return form, who, int(tenant["id"])
-
-
 def _done(tenant_id: int, message: str) -> Response:
     return RedirectResponse(f"/t/{tenant_id}/notifications?saved={quote(message)}", status_code=303)
 
@@ -138,7 +130,7 @@ def _channel_id(request: Request) -> int:
 
 @page
 async def add(console: Console, request: Request) -> Response:
-    form, who, tid = await _acting(console, request)
+    form, who, tid = await console.admin_form(request, FORBIDDEN)
     doc = doc_from_form(form)
     try:
         async with get_state(request).pool.connection() as conn:
@@ -173,21 +165,21 @@ async def _update(
 
 @page
 async def set_enabled(console: Console, request: Request) -> Response:
-    form, who, tid = await _acting(console, request)
+    form, who, tid = await console.admin_form(request, FORBIDDEN)
     doc = {"enabled": _text(form, "enabled", 5) == "1"}
     return await _update(console, request, who, tid, doc)
 
 
 @page
 async def set_severity(console: Console, request: Request) -> Response:
-    form, who, tid = await _acting(console, request)
+    form, who, tid = await console.admin_form(request, FORBIDDEN)
     doc = {"min_severity": _text(form, "min_severity", 40)}
     return await _update(console, request, who, tid, doc)
 
 
 @page
 async def test(console: Console, request: Request) -> Response:
-    _form, who, tid = await _acting(console, request)
+    _form, who, tid = await console.admin_form(request, FORBIDDEN)
     channel_id = _channel_id(request)
     try:
         async with get_state(request).pool.connection() as conn:
@@ -202,7 +194,7 @@ async def test(console: Console, request: Request) -> Response:
 
 @page
 async def delete(console: Console, request: Request) -> Response:
-    _form, who, tid = await _acting(console, request)
+    _form, who, tid = await console.admin_form(request, FORBIDDEN)
     channel_id = _channel_id(request)
     async with get_state(request).pool.connection() as conn:
         gone = await notify.delete_channel(

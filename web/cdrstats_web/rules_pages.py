@@ -22,10 +22,11 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from . import data, security
+from . import data
 from .console import Console, page
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+FORBIDDEN = "only a tenant admin may change rules"
+ADMIN_ROLES = auth.ADMIN_ROLES
 WINDOWS = [(300, "5 minutes"), (3600, "1 hour"), (86400, "24 hours")]
 SCOPE_FIELDS = ("switch", "trunk", "dest_prefix", "dest_country", "direction")
 METRIC_PARAMS = ("op", *rules._METRIC_PARAMS)
@@ -147,14 +148,6 @@ async def view(console: Console, request: Request) -> Response:
     return await _render(console, request)
 
 
-async def _acting(console: Console, request: Request) -> tuple[FormData, auth.Principal, int]:
-    form = await security.checked_form(request)
-    who, tenant, _ = await console.tenant_context(request)
-    if who.role not in ADMIN_ROLES:
-        raise HTTPException(403, "only a tenant admin may change rules")
-    return form, who, int(tenant["id"])
-
-
 def _done(tenant_id: int, message: str) -> Response:
     from urllib.parse import quote
 
@@ -168,7 +161,7 @@ def _form_back(doc: dict[str, Any], rule_id: int | None) -> dict[str, Any]:
 
 @page
 async def create(console: Console, request: Request) -> Response:
-    form, who, tid = await _acting(console, request)
+    form, who, tid = await console.admin_form(request, FORBIDDEN)
     doc = doc_from_form(form)
     try:
         async with get_state(request).pool.connection() as conn:
@@ -182,7 +175,7 @@ async def create(console: Console, request: Request) -> Response:
 
 @page
 async def update(console: Console, request: Request) -> Response:
-    form, who, tid = await _acting(console, request)
+    form, who, tid = await console.admin_form(request, FORBIDDEN)
     rule_id = int(request.path_params["rule"])
     doc = doc_from_form(form)
     try:
@@ -201,7 +194,7 @@ async def update(console: Console, request: Request) -> Response:
 
 @page
 async def set_enabled(console: Console, request: Request) -> Response:
-    form, who, tid = await _acting(console, request)
+    form, who, tid = await console.admin_form(request, FORBIDDEN)
     rule_id = int(request.path_params["rule"])
     enabled = str(form.get("enabled") or "") == "1"
     try:
@@ -218,7 +211,7 @@ async def set_enabled(console: Console, request: Request) -> Response:
 
 @page
 async def delete(console: Console, request: Request) -> Response:
-    _form, who, tid = await _acting(console, request)
+    _form, who, tid = await console.admin_form(request, FORBIDDEN)
     rule_id = int(request.path_params["rule"])
     async with get_state(request).pool.connection() as conn:
         gone = await rules.delete_rule(conn, tid, rule_id, who.username, user_id=who.user_id)

@@ -25,7 +25,7 @@ from starlette.responses import Response
 from . import audit, data, security
 from .console import Console, page
 
-ADMIN_ROLES = ("superadmin", "tenant_admin")
+ADMIN_ROLES = auth.ADMIN_ROLES
 ONLINE_WITHIN = timedelta(minutes=2)
 MAX_TTL_HOURS = 24 * 30
 
